@@ -1,0 +1,1 @@
+"""SSMAE in JAX/Flax: semi-supervised masked autoencoders for Vision Transformers."""

@@ -1,0 +1,183 @@
+"""Data augmentations (DESIGN.md §1) as stateless TensorFlow ops for tf.data.
+
+Every random op takes `seed`, an int32/int64 tensor of shape [2], and derives its sub-seeds from it, so the same
+(image, seed) gives the same output whatever thread runs it. Images are uint8 [H, W, 3] (H == W) in and out; the ops
+compute in float32 [0, 1]. Normalisation happens later, on the accelerator.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from ssmae_jax.errors import UserError
+
+# ITU-R 601-2 luma, the weights of PIL's convert('L') that the reference's transforms use.
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+  if image.dtype != tf.uint8:
+    raise ValueError(f'Augmentations take uint8 images, got {image.dtype.name}.')
+  return tf.cast(image, tf.float32) / 255.0
+
+
+def _to_uint8(x: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(x * 255.0), 0.0, 255.0), tf.uint8)
+
+
+def _split(seed: tf.Tensor, num: int) -> tf.Tensor:
+  return tf.random.experimental.stateless_split(seed, num=num)
+
+
+def _uniform(seed: tf.Tensor, low: float, high: float, shape: Sequence[int] = ()) -> tf.Tensor:
+  return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+def _gray(x: tf.Tensor) -> tf.Tensor:
+  """[..., 3] -> [..., 1] luma."""
+  return tf.reduce_sum(x * tf.constant(_GRAY_WEIGHTS, tf.float32), axis=-1, keepdims=True)
+
+
+def _flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  return tf.where(_uniform(seed, 0.0, 1.0) < 0.5, tf.reverse(x, axis=[-2]), x)
+
+
+def _affine(x: tf.Tensor, seed: tf.Tensor, max_degrees: float, max_translate: float) -> tf.Tensor:
+  """Rotation about the centre, then translation; bilinear, 0 outside."""
+  rot_seed, shift_seed = tf.unstack(_split(seed, 2))
+  angle = _uniform(rot_seed, -max_degrees, max_degrees) * (math.pi / 180.0)
+  size = tf.cast(tf.shape(x)[-2], tf.float32)
+  # Whole pixels, as torchvision's RandomAffine draws its translation.
+  tx, ty = tf.unstack(tf.round(_uniform(shift_seed, -max_translate, max_translate, [2]) * size))
+  # The op maps each output pixel back to the input: inverse rotation of (out - centre - shift), plus centre.
+  # Pixel centres sit at integer coordinates, so the centre of the image is (size - 1) / 2.
+  centre = (size - 1.0) / 2.0
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  transform = tf.stack([
+      cos, sin, centre - cos * (centre + tx) - sin * (centre + ty),
+      -sin, cos, centre + sin * (centre + tx) - cos * (centre + ty),
+      0.0, 0.0,
+  ])
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=x[None], transforms=transform[None], output_shape=tf.shape(x)[:2], fill_value=0.0,
+      interpolation='BILINEAR', fill_mode='CONSTANT')
+  return tf.ensure_shape(out[0], x.shape)
+
+
+def _factor(seed: tf.Tensor, strength: float) -> tf.Tensor:
+  return _uniform(seed, max(0.0, 1.0 - strength), 1.0 + strength)
+
+
+def _blend(x: tf.Tensor, other: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  return tf.clip_by_value(factor * x + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _color_jitter(x: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: float, saturation: float,
+                  hue: float) -> tf.Tensor:
+  for name, value in (('brightness', brightness), ('contrast', contrast), ('saturation', saturation)):
+    if value < 0:
+      raise UserError(f'Colour jitter {name} must be >= 0, got {value}: fix config.augment.*_jitter.')
+  if not 0 <= hue <= 0.5:
+    raise UserError(f'Colour jitter hue must be in [0, 0.5] turns, got {hue}: fix config.augment.*_jitter.')
+  b_seed, c_seed, s_seed, h_seed = tf.unstack(_split(seed, 4))
+  # torchvision draws a random order of the four adjustments per image; a fixed order keeps one static graph and the
+  # same distribution of each factor. A strength of 0 skips the adjustment, as in torchvision.
+  if brightness:
+    x = tf.clip_by_value(x * _factor(b_seed, brightness), 0.0, 1.0)
+  if contrast:
+    x = _blend(x, tf.reduce_mean(_gray(x)), _factor(c_seed, contrast))
+  if saturation:
+    x = _blend(x, _gray(x), _factor(s_seed, saturation))
+  if hue:
+    x = tf.image.adjust_hue(x, _uniform(h_seed, -hue, hue))
+  return x
+
+
+def _grayscale(x: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
+  gray = tf.broadcast_to(_gray(x), tf.shape(x))
+  return tf.where(_uniform(seed, 0.0, 1.0) < p, gray, x)
+
+
+def _blur(x: tf.Tensor, seed: tf.Tensor, kernel_size: int, sigma_range: Sequence[float]) -> tf.Tensor:
+  if kernel_size < 1 or kernel_size % 2 == 0:
+    raise UserError(f'Gaussian blur kernel size must be odd and positive, got {kernel_size}.')
+  low, high = sigma_range
+  if not 0 < low <= high:
+    raise UserError(f'Gaussian blur sigma range must satisfy 0 < low <= high, got {tuple(sigma_range)}: fix '
+                    'config.augment.strong_blur_sigma.')
+  sigma = _uniform(seed, low, high)
+  radius = kernel_size // 2
+  offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+  weights = tf.exp(-0.5 * tf.square(offsets / sigma))
+  weights /= tf.reduce_sum(weights)
+  channels = x.shape[-1]
+  padded = tf.pad(x[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode='REFLECT')
+  # Separable: a vertical then a horizontal pass, each channel on its own.
+  vertical = tf.tile(tf.reshape(weights, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])
+  horizontal = tf.tile(tf.reshape(weights, [1, kernel_size, 1, 1]), [1, 1, channels, 1])
+  out = tf.nn.depthwise_conv2d(padded, vertical, strides=[1, 1, 1, 1], padding='VALID')
+  out = tf.nn.depthwise_conv2d(out, horizontal, strides=[1, 1, 1, 1], padding='VALID')
+  return out[0]
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Mirrors left-right with probability 1/2."""
+  return _to_uint8(_flip(_to_float(image), seed))
+
+
+def random_affine(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, max_translate: float) -> tf.Tensor:
+  """Rotates by U(-max_degrees, max_degrees) about the centre, then shifts by U(-t, t)·size in x and y."""
+  return _to_uint8(_affine(_to_float(image), seed, max_degrees, max_translate))
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: float, saturation: float,
+                 hue: float) -> tf.Tensor:
+  """torchvision's ColorJitter: factors U(max(0, 1 - x), 1 + x), hue shift U(-hue, hue) turns."""
+  return _to_uint8(_color_jitter(_to_float(image), seed, brightness, contrast, saturation, hue))
+
+
+def random_grayscale(image: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
+  """With probability p, replaces every channel by the luma."""
+  return _to_uint8(_grayscale(_to_float(image), seed, p))
+
+
+def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, kernel_size: int = 3,
+                  sigma_range: Sequence[float] = (0.1, 2.0)) -> tf.Tensor:
+  """Gaussian blur with sigma ~ U(sigma_range), reflect padding."""
+  return _to_uint8(_blur(_to_float(image), seed, kernel_size, sigma_range))
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Bilinear, antialiased resize of uint8 [..., H, W, 3] to [..., size, size, 3]; a no-op at that size already."""
+  if tuple(image.shape[-3:-1]) == (size, size):
+    return image
+  x = tf.image.resize(tf.cast(image, tf.float32), [size, size], method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def labeled_view(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
+  """Labeled (and MAE) view: flip, rotation ±aug.labeled_rotation, colour jitter aug.labeled_jitter."""
+  flip_seed, rot_seed, jitter_seed = tf.unstack(_split(seed, 3))
+  x = _flip(_to_float(image), flip_seed)
+  x = _affine(x, rot_seed, aug.labeled_rotation, 0.0)
+  x = _color_jitter(x, jitter_seed, *aug.labeled_jitter)
+  return _to_uint8(x)
+
+
+def weak_view(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Weak view: flip only."""
+  return random_flip(image, seed)
+
+
+def strong_view(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
+  """Strong view: flip, rotation, colour jitter, grayscale, Gaussian blur (k=3), translation — the reference's order."""
+  flip_seed, rot_seed, jitter_seed, gray_seed, blur_seed, shift_seed = tf.unstack(_split(seed, 6))
+  x = _flip(_to_float(image), flip_seed)
+  x = _affine(x, rot_seed, aug.strong_rotation, 0.0)
+  x = _color_jitter(x, jitter_seed, *aug.strong_jitter)
+  x = _grayscale(x, gray_seed, aug.strong_grayscale_p)
+  x = _blur(x, blur_seed, 3, aug.strong_blur_sigma)
+  x = _affine(x, shift_seed, 0.0, aug.strong_translate)
+  return _to_uint8(x)

@@ -1,0 +1,62 @@
+"""The validation gate, the pseudo-label selection rule and the sticky memory (DESIGN.md §1), in pure jnp."""
+
+import jax
+import jax.numpy as jnp
+
+GATE_MODES = ('dynamic', 'always_open', 'never')
+
+
+def high_confidence_counts(logits: jax.Array, labels: jax.Array, valid: jax.Array, confidence: float):
+  """Sums for HCA over one batch: (#confident, #confident and correct). `valid` masks padding."""
+  probs = jax.nn.softmax(logits, axis=-1)
+  confident = (jnp.max(probs, axis=-1) > confidence) & valid
+  correct = jnp.argmax(logits, axis=-1) == labels
+  return jnp.sum(confident), jnp.sum(confident & correct)
+
+
+def high_confidence_accuracy(num_confident, num_confident_correct) -> float:
+  """Accuracy over the confident examples; 0 when there are none."""
+  return float(num_confident_correct) / float(num_confident) if num_confident > 0 else 0.0
+
+
+def gate_open_for_epoch(mode: str, epoch: int, warmup_epochs: int, hca: float, threshold: float) -> bool:
+  """Whether pseudo-labels may be assigned during `epoch`, decided at its start from the validation HCA."""
+  if mode == 'always_open':
+    return True
+  if mode == 'never':
+    return False
+  return epoch >= warmup_epochs and hca >= threshold
+
+
+def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, gate_open: jax.Array, *,
+           tau: float, require_agreement: bool = True, sticky: bool = True):
+  """Which unlabeled examples of the batch train the classifier, and with which target.
+
+  Args:
+    probs_weak, probs_strong: [U, C] softmax of the weak and strong views (treated as constants).
+    memory: int32 [U], the stored pseudo-label of each example, -1 for none.
+    gate_open: bool scalar.
+  Returns:
+    targets: int32 [U], the class each used example is trained towards.
+    used: bool [U].
+    new: bool [U], examples assigned a pseudo-label in this step (memory must store `targets` there).
+  """
+  pred = jnp.argmax(probs_weak, axis=-1).astype(jnp.int32)
+  confident = (jnp.max(probs_weak, axis=-1) > tau) & (jnp.max(probs_strong, axis=-1) > tau)
+  if require_agreement:
+    confident &= pred == jnp.argmax(probs_strong, axis=-1)
+  selected = confident & gate_open
+  if not sticky:
+    return pred, selected, selected & (memory < 0)
+  remembered = memory >= 0
+  new = selected & ~remembered
+  return jnp.where(remembered, memory, pred), remembered | new, new
+
+
+def update_memory(memory: jax.Array, indices: jax.Array, targets: jax.Array, new: jax.Array) -> jax.Array:
+  """Writes new pseudo-labels; an existing one is never overwritten.
+
+  `max` with -1 makes the scatter deterministic when an index appears twice in a batch (an epoch boundary of
+  the unlabeled stream), and leaves every slot not newly assigned as it was.
+  """
+  return memory.at[indices].max(jnp.where(new, targets, -1))

@@ -1,0 +1,291 @@
+"""Splits (labeled / validation / unlabeled / test) and the tf.data streams of DESIGN.md §1.
+
+The whole train split lives in memory as numpy. Data order and augmentations are pure functions of
+(config.seed, step), so a run resumed at step s sees exactly the batches of an uninterrupted run.
+"""
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssmae_jax import augment
+from ssmae_jax.errors import UserError
+
+_LABELED_STREAM = 0
+_UNLABELED_STREAM = 1
+# Decoding in chunks keeps the parsed examples of only one chunk alive next to the growing result.
+_LOAD_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """The train split in memory and the index sets carved from it."""
+  num_classes: int
+  class_names: list[str]
+  train_images: np.ndarray  # uint8 [N, h, w, 3]
+  train_labels: np.ndarray  # int32 [N]
+  labeled_idx: np.ndarray  # int64, sorted: labeled training examples (validation excluded).
+  val_idx: np.ndarray  # int64, sorted: held-out validation examples (a class-balanced part of the labeled ones).
+  unlabeled_idx: np.ndarray  # int64, sorted: pool index i <-> train index unlabeled_idx[i].
+  test_images: np.ndarray | None
+  test_labels: np.ndarray | None
+
+
+def _builder(config: Any) -> tfds.core.DatasetBuilder:
+  # TFDS reads $TFDS_DATA_DIR only when it is imported; reading it here honours a value set later.
+  data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR')
+  try:
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'Unknown TFDS dataset {config.dataset!r}: set config.dataset to a TFDS name such as '
+                    "'cifar10'.") from None
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise UserError(f'Dataset {config.dataset!r} has no image and label features: use an image classification '
+                    'dataset.')
+  if not isinstance(features['label'], tfds.features.ClassLabel):
+    raise UserError(f"Dataset {config.dataset!r}: 'label' is not a class label; use an image classification dataset.")
+  height, width, channels = features['image'].shape
+  if height is None or height != width:
+    raise UserError(f'Dataset {config.dataset!r} has images of shape {features["image"].shape}, not fixed and square: '
+                    'use a square dataset or resize it to a square one first.')
+  if channels not in (1, 3):
+    raise UserError(f'Dataset {config.dataset!r} has {channels}-channel images: use an RGB or grayscale dataset.')
+  if not builder.is_prepared():
+    raise UserError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and is never downloaded at '
+                    'run time: set TFDS_DATA_DIR or config.data_dir to a directory holding it, or prepare it with '
+                    f'`tfds build {config.dataset}` on a connected machine.')
+  return builder
+
+
+def _load(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The whole split as numpy: uint8 [N, h, w, 3] images, int32 [N] labels."""
+
+  def image_label(example):
+    image = example['image']
+    if image.shape[-1] == 1:
+      image = tf.image.grayscale_to_rgb(image)
+    return image, tf.cast(example['label'], tf.int32)
+
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = ds.map(image_label, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(_LOAD_CHUNK)
+  chunks = list(ds.prefetch(1).as_numpy_iterator())
+  return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+def _labeled_per_class(config: Any, class_counts: np.ndarray) -> np.ndarray:
+  num_classes, total = len(class_counts), int(class_counts.sum())
+  if config.num_labels is not None:
+    if not num_classes <= config.num_labels <= total:
+      raise UserError(f'config.num_labels={config.num_labels} must be between the number of classes ({num_classes}) '
+                      f'and the train size ({total}).')
+    per_class = np.full(num_classes, config.num_labels // num_classes)
+    if (per_class > class_counts).any():
+      raise UserError(f'config.num_labels={config.num_labels} asks {per_class[0]} labels per class but some class has '
+                      f'only {class_counts.min()} examples: lower config.num_labels.')
+    return per_class
+  if not 0 < config.label_fraction <= 1:
+    raise UserError(f'config.label_fraction={config.label_fraction} must be in (0, 1].')
+  return np.array([round(config.label_fraction * n) for n in class_counts])
+
+
+def _carve(config: Any, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(labeled, val, unlabeled) train indices, each sorted."""
+  if not 0 <= config.val_fraction < 1:
+    raise UserError(f'config.val_fraction={config.val_fraction} must be in [0, 1).')
+  class_counts = np.bincount(labels, minlength=num_classes)
+  per_class = _labeled_per_class(config, class_counts)
+  rng = np.random.default_rng(config.split_seed)
+  labeled, val = [], []
+  for c in range(num_classes):
+    chosen = rng.permutation(np.flatnonzero(labels == c))[:per_class[c]]
+    num_val = max(1, round(config.val_fraction * len(chosen))) if config.val_fraction > 0 else 0
+    if len(chosen) - num_val < 1:
+      raise UserError(f'Class {c} gets {len(chosen)} labeled examples and {num_val} of them go to validation, leaving '
+                      'none to train on: raise config.label_fraction / config.num_labels or lower config.val_fraction.')
+    val.append(chosen[:num_val])
+    labeled.append(chosen[num_val:])
+  labeled_idx = np.sort(np.concatenate(labeled)).astype(np.int64)
+  val_idx = np.sort(np.concatenate(val)).astype(np.int64)
+  excluded = val_idx if config.unlabeled_includes_labeled else np.concatenate([val_idx, labeled_idx])
+  unlabeled_idx = np.setdiff1d(np.arange(len(labels), dtype=np.int64), excluded)
+  return labeled_idx, val_idx, unlabeled_idx
+
+
+def load_splits(config: Any) -> Splits:
+  """Loads config.dataset from TFDS (never downloading) and carves the seeded, class-balanced splits."""
+  builder = _builder(config)
+  train_images, train_labels = _load(builder, 'train')
+  num_classes = builder.info.features['label'].num_classes
+  labeled_idx, val_idx, unlabeled_idx = _carve(config, train_labels, num_classes)
+  test_images, test_labels = _load(builder, 'test') if 'test' in builder.info.splits else (None, None)
+  return Splits(
+      num_classes=num_classes,
+      class_names=list(builder.info.features['label'].names),
+      train_images=train_images,
+      train_labels=train_labels,
+      labeled_idx=labeled_idx,
+      val_idx=val_idx,
+      unlabeled_idx=unlabeled_idx,
+      test_images=test_images,
+      test_labels=test_labels,
+  )
+
+
+def steps_per_epoch(splits: Splits, config: Any) -> int:
+  """An epoch is one pass over the labeled training examples (the shorter stream)."""
+  steps = len(splits.labeled_idx) // config.labeled_batch_size
+  if steps == 0:
+    raise UserError(f'Only {len(splits.labeled_idx)} labeled training examples, fewer than '
+                    f'config.labeled_batch_size={config.labeled_batch_size}: lower the batch size or label more.')
+  return steps
+
+
+def _local_rows(global_batch: int, process_index: int, process_count: int, name: str) -> tuple[int, int]:
+  """This process's rows [lo, hi) of every global batch."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is outside [0, {process_count}).')
+  if global_batch <= 0 or global_batch % process_count:
+    raise UserError(f'{name}={global_batch} must be a positive multiple of the process count ({process_count}).')
+  local = global_batch // process_count
+  return process_index * local, (process_index + 1) * local
+
+
+def _stream_keys(seed: int, stream_id: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(order key, augmentation key) of a stream: separate, so epoch e and position e never share a seed."""
+  stream = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream_id)
+  return (tf.random.experimental.stateless_fold_in(stream, 0),
+          tf.random.experimental.stateless_fold_in(stream, 1))
+
+
+def _index_stream(n: int, global_batch: int, start_step: int, rows: tuple[int, int], order_key: tf.Tensor,
+                  aug_key: tf.Tensor) -> tf.data.Dataset:
+  """(index into the set of n, augmentation seed, global position) for this process's rows, from start_step on.
+
+  Epoch e is a seeded permutation of range(n); the stream is the epochs back to back, so position p is element
+  p % n of epoch p // n and nothing before start_step * global_batch is ever generated.
+  """
+  start = start_step * global_batch
+  first_epoch, offset = divmod(start, n)
+
+  def epoch(e):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(order_key, e))
+    skip = tf.where(e == first_epoch, tf.constant(offset, tf.int64), 0)
+    positions = e * n + tf.range(n, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices((order[skip:], positions[skip:]))
+
+  lo, hi = rows
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+  # The stream starts on a batch boundary, so a position's row in its global batch is position % global_batch.
+  ds = ds.filter(lambda i, p: (p % global_batch >= lo) & (p % global_batch < hi))
+  return ds.map(lambda i, p: (i, tf.random.experimental.stateless_fold_in(aug_key, p)))
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  # Parallelism across images beats parallelism inside the tiny per-image ops; a private pool keeps tf.data
+  # from competing with TensorFlow's global pool.
+  options.threading.private_threadpool_size = os.cpu_count() or 1
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index: int = 0, process_count: int = 1,
+                  need_labeled: bool = True, need_unlabeled: bool = True) -> tf.data.Dataset:
+  """The tf.data pipeline behind `train_iterator`."""
+  if not (need_labeled or need_unlabeled):
+    raise ValueError('Ask for the labeled stream, the unlabeled stream or both.')
+  size, aug = config.image_size, config.augment
+  images = tf.constant(splits.train_images)
+  labels = tf.constant(splits.train_labels, tf.int32)
+  autotune = tf.data.AUTOTUNE
+  streams = {}
+
+  if need_labeled:
+    rows = _local_rows(config.labeled_batch_size, process_index, process_count, 'config.labeled_batch_size')
+    labeled_idx = tf.constant(splits.labeled_idx, tf.int64)
+
+    def labeled(i, seed):
+      train_i = tf.gather(labeled_idx, i)
+      image = augment.resize(tf.gather(images, train_i), size)
+      return {'labeled_image': augment.labeled_view(image, seed, aug), 'labeled_label': tf.gather(labels, train_i)}
+
+    ds = _index_stream(len(splits.labeled_idx), config.labeled_batch_size, start_step, rows,
+                       *_stream_keys(config.seed, _LABELED_STREAM))
+    streams['labeled'] = ds.map(labeled, num_parallel_calls=autotune, deterministic=True).batch(
+        rows[1] - rows[0], drop_remainder=True)
+
+  if need_unlabeled:
+    rows = _local_rows(config.unlabeled_batch_size, process_index, process_count, 'config.unlabeled_batch_size')
+    unlabeled_idx = tf.constant(splits.unlabeled_idx, tf.int64)
+
+    def unlabeled(i, seed):
+      train_i = tf.gather(unlabeled_idx, i)
+      image = augment.resize(tf.gather(images, train_i), size)
+      weak_seed, strong_seed, mae_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+      return {
+          'unlabeled_weak': augment.weak_view(image, weak_seed),
+          'unlabeled_strong': augment.strong_view(image, strong_seed, aug),
+          'unlabeled_mae': augment.labeled_view(image, mae_seed, aug),
+          'unlabeled_index': tf.cast(i, tf.int32),
+          'unlabeled_label': tf.gather(labels, train_i),
+      }
+
+    ds = _index_stream(len(splits.unlabeled_idx), config.unlabeled_batch_size, start_step, rows,
+                       *_stream_keys(config.seed, _UNLABELED_STREAM))
+    streams['unlabeled'] = ds.map(unlabeled, num_parallel_calls=autotune, deterministic=True).batch(
+        rows[1] - rows[0], drop_remainder=True)
+
+  ds = tf.data.Dataset.zip(streams).map(lambda s: {k: v for part in s.values() for k, v in part.items()})
+  return ds.prefetch(autotune).with_options(_options())
+
+
+def train_iterator(splits: Splits, config: Any, start_step: int, *, process_index: int = 0, process_count: int = 1,
+                   need_labeled: bool = True, need_unlabeled: bool = True) -> Iterator[dict[str, np.ndarray]]:
+  """Yields step start_step, start_step + 1, ...: this process's contiguous slice of each global batch.
+
+  Keys: labeled_image uint8 [l, S, S, 3], labeled_label int32 [l] (need_labeled); unlabeled_weak / _strong / _mae
+  uint8 [u, S, S, 3], unlabeled_index int32 [u] (pool index), unlabeled_label int32 [u] (metrics only)
+  (need_unlabeled). l, u = the global batch sizes / process_count; S = config.image_size.
+  """
+  return train_dataset(splits, config, start_step, process_index=process_index, process_count=process_count,
+                       need_labeled=need_labeled, need_unlabeled=need_unlabeled).as_numpy_iterator()
+
+
+def num_eval_batches(n: int, batch_size: int) -> int:
+  """Global batches needed to cover n examples."""
+  return math.ceil(n / batch_size)
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This process's slice of each global batch: image uint8 [b, S, S, 3], label int32 [b], mask bool [b].
+
+  The set is padded to a multiple of batch_size (global) with zero images masked out, so every example counts
+  exactly once on any process count.
+  """
+  lo, hi = _local_rows(batch_size, process_index, process_count, 'eval batch size')
+  n = len(images)
+  rows = np.arange(num_eval_batches(n, batch_size) * batch_size).reshape(-1, batch_size)[:, lo:hi]
+  if not rows.size:
+    return iter(())
+  mask = rows < n
+  source = np.minimum(rows, n - 1)
+  images_t, labels_t = tf.constant(images), tf.constant(labels, tf.int32)
+
+  def batch(i, m):
+    image = augment.resize(tf.gather(images_t, i), image_size)
+    image *= tf.cast(m, tf.uint8)[:, None, None, None]
+    return {'image': image, 'label': tf.gather(labels_t, i) * tf.cast(m, tf.int32), 'mask': m}
+
+  ds = tf.data.Dataset.from_tensor_slices((source, mask)).map(batch, num_parallel_calls=tf.data.AUTOTUNE,
+                                                              deterministic=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()

@@ -1,0 +1,163 @@
+"""ViT encoder, MAE decoder and linear head (DESIGN.md §1), in Flax Linen.
+
+The patch embedding is a Dense layer on patchified pixels: the same function as a stride-p convolution, with
+PyTorch's Xavier fan (fan_out = width), and it lets the reconstruction path embed only the kept patches.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssmae_jax import masking
+
+LN_EPS = 1e-5
+xavier = nn.initializers.xavier_uniform()
+pos_init = nn.initializers.normal(stddev=0.02)
+
+
+def dense(features: int, dtype: Any, use_bias: bool = True, name: str | None = None) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=xavier,
+                  bias_init=nn.initializers.zeros, name=name)
+
+
+def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
+
+
+class Attention(nn.Module):
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, d = x.shape
+    hd = d // self.num_heads
+    qkv = dense(3 * d, self.dtype, use_bias=False, name='qkv')(x)
+    q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, hd), 3, axis=2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, d)
+    return dense(d, self.dtype, name='proj')(out)
+
+
+class Block(nn.Module):
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    x = x + Attention(self.num_heads, self.dtype, name='attn')(layer_norm(self.dtype, 'norm1')(x))
+    h = layer_norm(self.dtype, 'norm2')(x)
+    h = dense(int(d * self.mlp_ratio), self.dtype, name='fc1')(h)
+    h = nn.gelu(h, approximate=False)
+    h = dense(d, self.dtype, name='fc2')(h)
+    return x + h
+
+
+class Encoder(nn.Module):
+  """Patch embedding, class token, learned positions, pre-norm blocks, final LayerNorm."""
+  num_patches: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  dtype: Any
+
+  def setup(self):
+    self.patch_embed = dense(self.width, self.dtype)
+    self.cls_token = self.param('cls_token', pos_init, (1, 1, self.width))
+    self.pos_embed = self.param('pos_embed', pos_init, (1, self.num_patches + 1, self.width))
+    self.blocks = [Block(self.num_heads, self.mlp_ratio, self.dtype) for _ in range(self.depth)]
+    self.norm = layer_norm(self.dtype)
+
+  def __call__(self, patches, ids_keep=None):
+    """patches: [B, N, p*p*3]. With ids_keep [B, K], only those patches are embedded and encoded."""
+    pos = self.pos_embed.astype(self.dtype)
+    if ids_keep is not None:
+      patches = jnp.take_along_axis(patches, ids_keep[..., None], axis=1)
+      patch_pos = pos[0, 1:][ids_keep]
+    else:
+      patch_pos = pos[:, 1:]
+    x = self.patch_embed(patches.astype(self.dtype)) + patch_pos
+    cls = jnp.broadcast_to(self.cls_token.astype(self.dtype) + pos[:, :1], (x.shape[0], 1, self.width))
+    x = jnp.concatenate([cls, x], axis=1)
+    for block in self.blocks:
+      x = block(x)
+    return self.norm(x)
+
+
+class Decoder(nn.Module):
+  """MAE decoder: embed, insert mask tokens, unshuffle, learned positions, blocks, LN, linear to pixels."""
+  num_patches: int
+  patch_dim: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, latent, ids_restore):
+    x = dense(self.width, self.dtype, name='embed')(latent)
+    b, t, _ = x.shape
+    mask_token = self.param('mask_token', pos_init, (1, 1, self.width))
+    pos = self.param('pos_embed', pos_init, (1, self.num_patches + 1, self.width))
+    fill = jnp.broadcast_to(mask_token.astype(self.dtype), (b, self.num_patches + 1 - t, self.width))
+    patches = jnp.concatenate([x[:, 1:], fill], axis=1)
+    patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
+    x = jnp.concatenate([x[:, :1], patches], axis=1) + pos.astype(self.dtype)
+    for i in range(self.depth):
+      x = Block(self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')(x)
+    x = layer_norm(self.dtype, 'norm')(x)
+    return dense(self.patch_dim, self.dtype, name='pred')(x[:, 1:])
+
+
+class SSMAE(nn.Module):
+  """The whole model. `classify` sees all patches; `reconstruct` encodes the kept ones only."""
+  num_classes: int
+  image_size: int
+  patch_size: int = 4
+  width: int = 192
+  depth: int = 12
+  num_heads: int = 3
+  mlp_ratio: float = 4.0
+  decoder_width: int = 128
+  decoder_depth: int = 2
+  decoder_num_heads: int = 4
+  dtype: Any = jnp.float32
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+  def setup(self):
+    self.encoder = Encoder(self.num_patches, self.width, self.depth, self.num_heads, self.mlp_ratio, self.dtype)
+    self.decoder = Decoder(self.num_patches, self.patch_size ** 2 * 3, self.decoder_width, self.decoder_depth,
+                           self.decoder_num_heads, self.mlp_ratio, self.dtype)
+    self.head = dense(self.num_classes, self.dtype)
+
+  def classify(self, images):
+    """images: normalised [B, H, W, 3] -> float32 logits [B, num_classes]."""
+    x = self.encoder(masking.patchify(images, self.patch_size))
+    return self.head(x[:, 0]).astype(jnp.float32)
+
+  def reconstruct(self, images, ids_keep, ids_restore):
+    """-> predicted pixels of every patch, float32 [B, N, p*p*3]."""
+    latent = self.encoder(masking.patchify(images, self.patch_size), ids_keep)
+    return self.decoder(latent, ids_restore).astype(jnp.float32)
+
+  def __call__(self, images, ids_keep, ids_restore):
+    """Both paths, so `init` creates every parameter."""
+    return self.classify(images), self.reconstruct(images, ids_keep, ids_restore)
+
+
+def from_config(config, num_classes: int) -> SSMAE:
+  m = config.model
+  return SSMAE(num_classes=num_classes, image_size=config.image_size, patch_size=m.patch_size, width=m.width,
+               depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, decoder_width=m.decoder_width,
+               decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads, dtype=jnp.dtype(m.dtype))

@@ -1,0 +1,139 @@
+"""The jitted train and eval steps: pure functions, fixed shapes, no host syncs."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssmae_jax import gate, losses, masking, sharding
+from ssmae_jax.train_state import TrainState
+
+IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32)
+IMAGENET_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32)
+
+# Which classification work a step needs; chosen on device from replicated values with lax.switch, so the
+# work that cannot change the loss is skipped, not masked out.
+LABELED_ONLY, WITH_MEMORY, GATE_OPEN = 0, 1, 2
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """uint8 [B, H, W, 3] from the pipeline -> float32, ImageNet mean/std."""
+  return (images.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
+  """Returns `train_step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
+
+  `batch` holds global arrays: labeled_image/label and unlabeled_weak/strong/mae/index. The hidden labels of
+  unlabeled examples are not an input: they cannot reach the loss.
+  """
+  tau = config.tau
+  require_agreement = config.require_agreement
+  sticky = config.sticky
+  base_key = jax.random.key(config.seed)
+
+  def classify(params, images):
+    return model.apply({'params': params}, images, method=model.classify)
+
+  def train_step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(base_key, state.step)
+    x_l = normalize(batch['labeled_image'])
+    y_l = batch['labeled_label']
+    x_w = normalize(batch['unlabeled_weak'])
+    x_s = normalize(batch['unlabeled_strong'])
+    idx = batch['unlabeled_index']
+    num_l, num_u = x_l.shape[0], x_w.shape[0]
+
+    rec_images = jnp.concatenate([x_l, normalize(batch['unlabeled_mae'])])
+    ids_keep, mask, ids_restore = masking.random_masking(rng, rec_images.shape[0], model.num_patches,
+                                                          config.mask_ratio)
+    rec_target = masking.patchify(rec_images, model.patch_size)
+
+    memory = state.pseudo_labels[idx]
+    remembered = (memory >= 0) if sticky else jnp.zeros_like(memory, bool)
+    branch = jnp.where(state.gate_open, GATE_OPEN, jnp.where(jnp.any(remembered), WITH_MEMORY, LABELED_ONLY))
+    nothing_new = jnp.zeros((num_u,), bool)
+
+    # Each branch returns (labeled logits, (unlabeled CE, used, new, targets)).
+    def labeled_only(params):
+      return classify(params, x_l), (jnp.zeros((num_u,), jnp.float32), nothing_new, nothing_new, memory)
+
+    def with_memory(params):
+      logits = classify(params, jnp.concatenate([x_l, x_w]))
+      ce_u = losses.cross_entropy(logits[num_l:], memory)
+      return logits[:num_l], (ce_u, remembered, nothing_new, memory)
+
+    def gate_open(params):
+      logits = classify(params, jnp.concatenate([x_l, x_w]))
+      logits_s = classify(jax.lax.stop_gradient(params), x_s)
+      probs_w = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
+      targets, used, new = gate.select(probs_w, jax.nn.softmax(logits_s), memory, True, tau=tau,
+                                       require_agreement=require_agreement, sticky=sticky)
+      ce_u = losses.cross_entropy(logits[num_l:], targets)
+      return logits[:num_l], (ce_u, used, new, targets)
+
+    def loss_fn(params):
+      if config.rec_weight:
+        pred = model.apply({'params': params}, rec_images, ids_keep, ids_restore, method=model.reconstruct)
+        rec_loss = losses.reconstruction_loss(pred, rec_target, mask, config.norm_pix_loss)
+      else:
+        rec_loss = jnp.zeros((), jnp.float32)
+      logits_l, (ce_u, used, new, targets) = jax.lax.switch(
+          branch, [labeled_only, with_memory, gate_open], params)
+      ce_l = losses.cross_entropy(logits_l, y_l)
+      num_used = jnp.sum(used)
+      cls_loss = (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (num_l + num_used)
+      loss = config.rec_weight * rec_loss + config.cls_weight * cls_loss
+      aux = dict(rec_loss=rec_loss, cls_loss=cls_loss, logits_l=logits_l, used=used, new=new, targets=targets)
+      return loss, aux
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    pseudo_labels = gate.update_memory(state.pseudo_labels, idx, aux['targets'], aux['new'])
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, pseudo_labels=pseudo_labels)
+    grad_norm = optax.global_norm(grads)
+    metrics = dict(
+        loss=loss,
+        rec_loss=aux['rec_loss'],
+        cls_loss=aux['cls_loss'],
+        labeled_accuracy=jnp.mean(jnp.argmax(aux['logits_l'], -1) == y_l),
+        unlabeled_used=jnp.sum(aux['used']).astype(jnp.float32),
+        pseudo_labels_new=jnp.sum(aux['new']).astype(jnp.float32),
+        grad_norm=grad_norm,
+        nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32),
+    )
+    return new_state, metrics
+
+  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  return jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def make_eval_step(model, config, mesh):
+  """Returns `eval_step(params, batch) -> sums` over a padded batch (image, label, mask)."""
+  confidence = config.gate_confidence
+
+  def eval_step(params, batch):
+    logits = model.apply({'params': params}, normalize(batch['image']), method=model.classify)
+    valid = batch['mask']
+    correct = (jnp.argmax(logits, -1) == batch['label']) & valid
+    confident, confident_correct = gate.high_confidence_counts(logits, batch['label'], valid, confidence)
+    return dict(count=jnp.sum(valid), correct=jnp.sum(correct), confident=confident,
+                confident_correct=confident_correct)
+
+  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  return jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def accumulate(total: dict, metrics: dict) -> dict:
+  return jax.tree.map(jnp.add, total, metrics)
+
+
+@jax.jit
+def memory_stats(pseudo_labels: jax.Array, hidden_labels: jax.Array):
+  """(#assigned, #assigned whose hidden label agrees, #assigned with a known hidden label)."""
+  assigned = pseudo_labels >= 0
+  known = assigned & (hidden_labels >= 0)
+  return jnp.sum(assigned), jnp.sum(known & (pseudo_labels == hidden_labels)), jnp.sum(known)
