@@ -73,7 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   # Evaluation, logging, checkpoints.
-  c.eval_every_epochs = 1  # Validation (gate + best checkpoint) runs at every epoch boundary this often.
   c.test_every_epochs = 1  # Test accuracy is for the logs only; 0 = only at the end.
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000

@@ -17,10 +17,14 @@ from ssmae_jax.errors import UserError
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def _to_float(image: tf.Tensor) -> tf.Tensor:
+def _check_uint8(image: tf.Tensor) -> tf.Tensor:
   if image.dtype != tf.uint8:
     raise ValueError(f'Augmentations take uint8 images, got {image.dtype.name}.')
-  return tf.cast(image, tf.float32) / 255.0
+  return image
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(_check_uint8(image), tf.float32) / 255.0
 
 
 def _to_uint8(x: tf.Tensor) -> tf.Tensor:
@@ -41,6 +45,7 @@ def _gray(x: tf.Tensor) -> tf.Tensor:
 
 
 def _flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Works on any dtype."""
   return tf.where(_uniform(seed, 0.0, 1.0) < 0.5, tf.reverse(x, axis=[-2]), x)
 
 
@@ -96,8 +101,8 @@ def _color_jitter(x: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: fl
 
 
 def _grayscale(x: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
-  gray = tf.broadcast_to(_gray(x), tf.shape(x))
-  return tf.where(_uniform(seed, 0.0, 1.0) < p, gray, x)
+  # cond, not where: the luma of a large image is only worth computing for the fraction p that uses it.
+  return tf.cond(_uniform(seed, 0.0, 1.0) < p, lambda: tf.broadcast_to(_gray(x), tf.shape(x)), lambda: x)
 
 
 def _blur(x: tf.Tensor, seed: tf.Tensor, kernel_size: int, sigma_range: Sequence[float]) -> tf.Tensor:
@@ -124,7 +129,8 @@ def _blur(x: tf.Tensor, seed: tf.Tensor, kernel_size: int, sigma_range: Sequence
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Mirrors left-right with probability 1/2."""
-  return _to_uint8(_flip(_to_float(image), seed))
+  # Moving pixels needs no arithmetic, so no round trip through float.
+  return _flip(_check_uint8(image), seed)
 
 
 def random_affine(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, max_translate: float) -> tf.Tensor:

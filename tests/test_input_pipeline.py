@@ -122,14 +122,14 @@ def test_num_labels_overrides_label_fraction(fake_tfds):
 
 
 def test_cifar100_and_missing_test_split(fake_tfds):
-  splits = input_pipeline.load_splits(_config(fake_tfds('cifar100', num_train=1000, num_test=None)))
+  splits = input_pipeline.load_splits(_config(fake_tfds('cifar100', 1000, None), dataset='cifar100'))
   assert splits.num_classes == 100 and len(splits.class_names) == 100
   assert np.bincount(splits.train_labels[splits.labeled_idx], minlength=100).tolist() == [4] * 100
   assert splits.test_images is None and splits.test_labels is None
 
 
 def test_grayscale_becomes_three_equal_channels(fake_tfds):
-  splits = input_pipeline.load_splits(_config(fake_tfds('mnist', num_train=100, num_test=10)))
+  splits = input_pipeline.load_splits(_config(fake_tfds('mnist', 100, 10), dataset='mnist'))
   images = splits.train_images
   assert images.shape == (100, 28, 28, 3)
   assert (images[..., 0] == images[..., 1]).all() and (images[..., 0] == images[..., 2]).all()
@@ -178,7 +178,7 @@ def test_steps_per_epoch(fake_tfds):
 
 @pytest.fixture
 def splits_and_config(fake_tfds):
-  config = _config(fake_tfds(num_train=120))  # 60 labeled: 12 validation, 48 train; 108 unlabeled.
+  config = _config(fake_tfds(num_train=120))  # 60 labeled: 10 validation, 50 train; 110 unlabeled.
   return input_pipeline.load_splits(config), config
 
 
@@ -217,17 +217,17 @@ def test_need_flags_select_the_streams(splits_and_config):
 
 def test_each_epoch_visits_every_example_once_in_a_new_order(splits_and_config):
   splits, config = splits_and_config
-  config.unlabeled_batch_size = 12  # 108 pool examples: 9 steps per epoch.
-  batches = _take(input_pipeline.train_iterator(splits, config, 0, need_labeled=False), 18)
-  epochs = [np.concatenate([b['unlabeled_index'] for b in batches[e * 9:(e + 1) * 9]]) for e in range(2)]
+  config.unlabeled_batch_size = 10  # 110 pool examples: 11 steps per epoch.
+  batches = _take(input_pipeline.train_iterator(splits, config, 0, need_labeled=False), 22)
+  epochs = [np.concatenate([b['unlabeled_index'] for b in batches[e * 11:(e + 1) * 11]]) for e in range(2)]
   for order in epochs:
-    np.testing.assert_array_equal(np.sort(order), np.arange(108))
+    np.testing.assert_array_equal(np.sort(order), np.arange(110))
   assert not np.array_equal(epochs[0], epochs[1])
 
 
 def test_resume_at_step_s_gives_batches_s_onwards(splits_and_config):
   splits, config = splits_and_config
-  # 48 labeled / 8 = 6 steps per epoch: steps 4..9 cross an epoch boundary of both streams.
+  # 50 labeled / 8 and 110 unlabeled / 16: steps 4..9 cross an epoch boundary of both streams.
   full = _take(input_pipeline.train_iterator(splits, config, 0), 10)
   resumed = _take(input_pipeline.train_iterator(splits, config, 4), 6)
   for a, b in zip(full[4:], resumed):
@@ -315,6 +315,7 @@ def cifar10():
   return input_pipeline.load_splits(config), config
 
 
+@pytest.mark.slow
 def test_cifar10_splits(cifar10):
   splits, _ = cifar10
   assert splits.class_names[:2] == ['airplane', 'automobile']
@@ -324,6 +325,7 @@ def test_cifar10_splits(cifar10):
   assert len(splits.unlabeled_idx) == 49_500 and not set(splits.unlabeled_idx) & set(splits.val_idx)
 
 
+@pytest.mark.slow
 def test_cifar10_train_and_eval_batches(cifar10):
   splits, config = cifar10
   batch = next(input_pipeline.train_iterator(splits, config, 0))

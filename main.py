@@ -1,0 +1,52 @@
+"""Trains or evaluates SSMAE. See README.md; e.g.
+
+  TFDS_DATA_DIR=../shared/tfds python main.py --config=configs/cifar10.py --workdir=/tmp/ssmae_c10
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Path to a config file, e.g. configs/cifar10.py.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.json (resumes if it holds a run).')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (or resume) | eval: a checkpoint on the test split.')
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint --mode=eval evaluates.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, but a bad flag or config override is one line naming the fix, not a traceback."""
+  try:
+    rest = flags.FLAGS(argv)
+    flags.FLAGS.config.method  # The config file loads lazily; make its errors surface here.
+    return rest
+  except Exception as e:  # Anything raised while parsing flags or loading the config file is bad user input.
+    message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split()).strip('\'"')
+    print(f'error: {message} (see --helpfull, and the fields of configs/default.py)', file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf
+  # tf.data only runs on the host; the accelerators belong to JAX.
+  tf.config.set_visible_devices([], 'GPU')
+  from ssmae_jax import train
+  from ssmae_jax.errors import UserError
+  try:
+    if flags.FLAGS.mode == 'train':
+      train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    else:
+      train.evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.checkpoint)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,81 @@
+"""Orbax checkpoints in the workdir: `checkpoints/` (latest, for resume) and `best/` (by validation accuracy).
+
+Each checkpoint holds the whole TrainState (params, optimizer, step, gate, pseudo-label memory) and a JSON
+`meta` with the host-side history (epoch records, best validation accuracy, gate-open epoch, wall time), so a
+resumed run continues exactly where the checkpoint was.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from ssmae_jax.errors import UserError
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Checkpoints:
+  """The two checkpoint managers of a run."""
+
+  def __init__(self, workdir: str, keep: int):
+    workdir = os.path.abspath(workdir)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=('state', 'meta'))
+    self.best = ocp.CheckpointManager(
+        os.path.join(workdir, 'best'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        item_names=('params', 'meta'))
+
+  def save(self, state, meta: dict) -> None:
+    self.latest.save(int(state.step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def save_best(self, step: int, params, meta: dict) -> None:
+    self.best.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, state_like) -> tuple[Any, dict] | None:
+    """The newest readable checkpoint as (state, meta); a corrupt one is reported and the previous one used."""
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # Orbax raises many types for unreadable or mismatched files.
+        if _shape_mismatch(e):
+          raise UserError(f'The checkpoint at step {step} in {self.latest.directory} holds a model of another '
+                          'shape than this config: use a fresh --workdir or the config it was trained with.') from e
+        print(f'Checkpoint at step {step} is unreadable ({type(e).__name__}); falling back to an earlier one.')
+        continue
+      return restored.state, restored.meta
+    return None
+
+  def restore_params(self, which: str, state_like):
+    """(params, step) of the 'best' checkpoint (falling back to the latest) or the 'latest'; None if none."""
+    step = self.best.latest_step()
+    if which == 'best' and step is not None:
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(_abstract(state_like.params))))
+      return restored.params, step
+    latest = self.restore_latest(state_like)
+    if latest is None:
+      return None
+    return latest[0].params, int(latest[0].step)
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def _shape_mismatch(e: Exception) -> bool:
+  text = str(e).lower()
+  return 'shape' in text and ('mismatch' in text or 'does not match' in text or 'incompatible' in text)

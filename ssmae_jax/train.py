@@ -1,0 +1,335 @@
+"""The training loop: epochs, the validation gate, logging, checkpoints, results.json; and `evaluate`."""
+
+import collections
+import json
+import math
+import os
+import time
+from typing import Iterator
+
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ssmae_jax import checkpointing, configuration, gate, input_pipeline, masking, models, sharding, steps
+from ssmae_jax import train_state
+from ssmae_jax.errors import UserError
+
+PREFETCH_TO_DEVICE = 2
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  o = config.optimizer
+  if o.schedule == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, max(total_steps, o.warmup_steps + 1))
+  elif o.warmup_steps:
+    lr = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
+  else:
+    lr = o.learning_rate
+  # Weight decay on every parameter, as torch.optim.AdamW(model.parameters()) in the reference.
+  adamw = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+  if o.grad_clip_norm:
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+  return adamw
+
+
+def init_state(model: models.SSMAE, tx, config, pool_size: int, mesh) -> train_state.TrainState:
+  """The initial state, created directly with replicated sharding (no host round trip)."""
+  def init():
+    ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    params = model.init(jax.random.key(config.seed), images, ids_keep, ids_restore)['params']
+    return train_state.create(params, tx, pool_size)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def prefetch_to_device(iterator: Iterator[dict], mesh) -> Iterator[dict]:
+  """Places the next batches on the devices while the current step runs."""
+  queue = collections.deque()
+  for batch in iterator:
+    queue.append(sharding.to_global(batch, mesh))
+    if len(queue) > PREFETCH_TO_DEVICE:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def evaluate_arrays(eval_step, params, images, labels, config, mesh) -> dict:
+  """Accuracy and HCA of `params` on a whole split; every example counted once on any device count."""
+  total = None
+  for batch in input_pipeline.eval_batches(images, labels, config.eval_batch_size, config.image_size,
+                                           process_index=jax.process_index(), process_count=jax.process_count()):
+    sums = eval_step(params, sharding.to_global(batch, mesh))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  total = jax.tree.map(int, jax.device_get(total))
+  return dict(
+      accuracy=total['correct'] / max(total['count'], 1),
+      high_conf_accuracy=gate.high_confidence_accuracy(total['confident'], total['confident_correct']),
+      num_confident=total['confident'],
+      count=total['count'],
+  )
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def _pct(x) -> str:
+  return 'n/a' if x is None else f'{100 * x:.2f}%'
+
+
+class Run:
+  """One training run in a workdir. `train()` runs or resumes it to the end."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, training: bool = True):
+    configuration.validate(config)
+    self.config = config
+    self.workdir = workdir
+    self.is_main = jax.process_index() == 0
+    _prepare_workdir(workdir, config, record=training and self.is_main)
+    self.splits = input_pipeline.load_splits(config)
+    self.mesh = sharding.make_mesh()
+    for name in ('labeled_batch_size', 'unlabeled_batch_size', 'eval_batch_size'):
+      sharding.check_divisible(f'config.{name}', config[name], self.mesh)
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.splits, config)
+    self.total_steps = config.num_steps or config.num_epochs * self.steps_per_epoch
+    self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+    self.model = models.from_config(config, self.splits.num_classes)
+    self.tx = make_optimizer(config, self.total_steps)
+    self.pool_size = len(self.splits.unlabeled_idx)
+    self.state = init_state(self.model, self.tx, config, self.pool_size, self.mesh)
+    self.eval_step = steps.make_eval_step(self.model, config, self.mesh)
+    self.checkpoints = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+    hidden = self.splits.train_labels[self.splits.unlabeled_idx].astype(np.int32)
+    self.hidden_labels = jax.device_put(hidden, sharding.replicated(self.mesh))
+
+  def evaluate(self, params, split: str) -> dict | None:
+    s = self.splits
+    images, labels = {
+        'val': (s.train_images[s.val_idx], s.train_labels[s.val_idx]),
+        'test': (s.test_images, s.test_labels),
+    }[split]
+    if images is None or len(images) == 0:
+      return None
+    return evaluate_arrays(self.eval_step, params, images, labels, self.config, self.mesh)
+
+  def pseudo_label_stats(self) -> tuple[int, float | None]:
+    assigned, correct, known = (int(x) for x in steps.memory_stats(self.state.pseudo_labels, self.hidden_labels))
+    return assigned, (correct / known if known else None)
+
+  def train(self, stop_at_step: int | None = None) -> dict | None:
+    """Runs (or resumes) to the end and returns results.json's content.
+
+    With `stop_at_step`, saves a checkpoint there and returns None, as an interrupted run would have.
+    """
+    config, cfg_dict = self.config, configuration.to_dict(self.config)
+    restored = self.checkpoints.restore_latest(self.state)
+    if restored is None:
+      meta = dict(history=[], best_val_accuracy=None, best_epoch=None, gate_opened_at_epoch=None,
+                  last_epoch_evaluated=-1, wall_seconds=0.0, pseudo_labels_total=0)
+    else:
+      self.state, meta = restored
+      self._print(f'Resuming from step {int(self.state.step)} in {self.workdir}.')
+    start_step = int(self.state.step)
+    start_wall = time.time() - meta['wall_seconds']
+    # TensorBoard event files from process 0; the console gets our own lines, not the logging writer's.
+    writer = metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(self.workdir)] if self.is_main else [])
+    if start_step == 0:
+      writer.write_hparams({k: v for k, v in _flatten(cfg_dict).items() if isinstance(v, (int, float, str, bool))})
+
+    train_step = steps.make_train_step(self.model, self.tx, config, self.mesh)
+    batches = prefetch_to_device(input_pipeline.train_iterator(
+        self.splits, config, start_step, process_index=jax.process_index(),
+        process_count=jax.process_count()), self.mesh)
+    self._print(f'{self.total_steps} steps ({self.num_epochs} epochs of {self.steps_per_epoch}), '
+                f'{len(self.splits.labeled_idx)} labeled, {len(self.splits.val_idx)} validation, '
+                f'{self.pool_size} unlabeled, {jax.device_count()} devices.')
+
+    totals, window_start, window_steps = None, time.time(), 0
+    for step in range(start_step, self.total_steps):
+      epoch = step // self.steps_per_epoch
+      if step % self.steps_per_epoch == 0 and meta['last_epoch_evaluated'] < epoch:
+        self._epoch_boundary(epoch, meta, writer, start_wall)
+      batch = next(batches)
+      batch.pop('unlabeled_label', None)
+      self.state, metrics = train_step(self.state, batch)
+      totals = metrics if totals is None else steps.accumulate(totals, metrics)
+      window_steps += 1
+      if (step + 1) % config.log_every_steps == 0 or step + 1 == self.total_steps:
+        means = {k: float(v) / window_steps for k, v in jax.device_get(totals).items()}
+        if means.pop('nonfinite'):
+          raise FloatingPointError(
+              f'The loss or gradient became non-finite between steps {step + 2 - window_steps} and {step + 1}; '
+              f'the last good checkpoint is in {self.workdir}/checkpoints. Lower the learning rate or clip '
+              'gradients (config.optimizer.grad_clip_norm).')
+        elapsed = time.time() - window_start
+        means['steps_per_sec'] = window_steps / elapsed
+        writer.write_scalars(step + 1, {f'train/{k}': v for k, v in means.items()})
+        eta = (self.total_steps - step - 1) / means['steps_per_sec']
+        self._print(f'step {step + 1}/{self.total_steps} | epoch {(step + 1) / self.steps_per_epoch:.2f} | '
+                    f'loss {means["loss"]:.4f} (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f}) | '
+                    f'train acc {100 * means["labeled_accuracy"]:.1f}% | unlabeled used/step '
+                    f'{means["unlabeled_used"]:.1f} | {means["steps_per_sec"]:.2f} steps/s | ETA {_fmt_time(eta)}')
+        totals, window_start, window_steps = None, time.time(), 0
+      if (step + 1) % config.checkpoint_every_steps == 0 or step + 1 == stop_at_step:
+        meta['wall_seconds'] = time.time() - start_wall
+        self.checkpoints.save(self.state, meta)
+      if step + 1 == stop_at_step:
+        self.checkpoints.wait()
+        self.checkpoints.close()
+        return None
+
+    final_epoch = self.num_epochs
+    if meta['last_epoch_evaluated'] < final_epoch:
+      self._epoch_boundary(final_epoch, meta, writer, start_wall, final=True)
+    meta['wall_seconds'] = time.time() - start_wall
+    if self.checkpoints.latest.latest_step() != self.total_steps:
+      self.checkpoints.save(self.state, meta)
+    self.checkpoints.wait()
+    results = self._results(meta, cfg_dict)
+    writer.flush()
+    if self.is_main:
+      with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    self._print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels '
+                '(precision {}), gate opened at epoch {}; {}.'.format(
+                    _pct(results['test_accuracy']), _pct(results['test_accuracy_at_best_val']),
+                    _pct(results['best_val_accuracy']), results['pseudo_labels_total'],
+                    _pct(results['pseudo_label_precision']), results['gate_opened_at_epoch'],
+                    _fmt_time(results['wall_seconds'])))
+    self.checkpoints.close()
+    return results
+
+  def _epoch_boundary(self, epoch: int, meta: dict, writer, start_wall: float, final: bool = False) -> None:
+    """Validation at the start of `epoch`: decides the gate for the epoch and the best checkpoint."""
+    config = self.config
+    val = self.evaluate(self.state.params, 'val')
+    val_acc = val['accuracy'] if val else None
+    hca = val['high_conf_accuracy'] if val else 0.0
+    is_open = gate.gate_open_for_epoch(config.gate, epoch, config.warmup_epochs, hca, config.gate_threshold)
+    if not final:
+      repl = sharding.replicated(self.mesh)
+      self.state = self.state.replace(gate_open=jax.device_put(np.bool_(is_open), repl),
+                                      last_hca=jax.device_put(np.float32(hca), repl))
+      if is_open and meta['gate_opened_at_epoch'] is None:
+        meta['gate_opened_at_epoch'] = epoch
+    test_due = final or (config.test_every_epochs and epoch % config.test_every_epochs == 0)
+    test = self.evaluate(self.state.params, 'test') if test_due else None
+    total, precision = self.pseudo_label_stats()
+    record = dict(epoch=epoch, step=int(self.state.step), val_accuracy=val_acc, val_hca=hca,
+                  val_num_confident=val['num_confident'] if val else 0, gate_open=is_open and not final,
+                  test_accuracy=test['accuracy'] if test else None,
+                  test_hca=test['high_conf_accuracy'] if test else None,
+                  pseudo_labels_total=total, pseudo_labels_new=total - meta['pseudo_labels_total'],
+                  pseudo_label_precision=precision, wall_seconds=time.time() - start_wall)
+    meta['pseudo_labels_total'] = total
+    meta['history'].append(record)
+    meta['last_epoch_evaluated'] = epoch
+    if val_acc is not None and (meta['best_val_accuracy'] is None or val_acc > meta['best_val_accuracy']):
+      meta['best_val_accuracy'], meta['best_epoch'] = val_acc, epoch
+      self.checkpoints.save_best(int(self.state.step), self.state.params, dict(epoch=epoch, val_accuracy=val_acc))
+    writer.write_scalars(int(self.state.step), {
+        f'epoch/{k}': float(v) for k, v in record.items() if v is not None and k not in ('epoch', 'step')})
+    self._print(f'epoch {epoch}{" (final)" if final else ""} | val acc {_pct(val_acc)} | HCA {_pct(hca)} '
+                f'({record["val_num_confident"]} confident) | gate {"open" if record["gate_open"] else "closed"} | '
+                f'test acc {_pct(record["test_accuracy"])} | pseudo-labels {total} (+{record["pseudo_labels_new"]}, '
+                f'precision {_pct(precision)})')
+
+  def _results(self, meta: dict, cfg_dict: dict) -> dict:
+    last = meta['history'][-1]
+    test_at_best = None
+    if self.splits.test_images is not None and meta['best_epoch'] is not None:
+      best_params, _ = self.checkpoints.restore_params('best', self.state)
+      test_at_best = self.evaluate(best_params, 'test')['accuracy']
+    return dict(
+        method=self.config.method,
+        dataset=self.config.dataset,
+        label_fraction=self.config.label_fraction,
+        num_labels=len(self.splits.labeled_idx) + len(self.splits.val_idx),
+        seed=self.config.seed,
+        test_accuracy=last['test_accuracy'],
+        high_conf_accuracy=last['test_hca'],
+        val_accuracy=last['val_accuracy'],
+        best_val_accuracy=meta['best_val_accuracy'],
+        best_epoch=meta['best_epoch'],
+        test_accuracy_at_best_val=test_at_best,
+        gate_opened_at_epoch=meta['gate_opened_at_epoch'],
+        pseudo_labels_total=last['pseudo_labels_total'],
+        pseudo_label_precision=last['pseudo_label_precision'],
+        steps=self.total_steps,
+        epochs=self.total_steps / self.steps_per_epoch,
+        wall_seconds=meta['wall_seconds'],
+        history=meta['history'],
+        config=cfg_dict,
+    )
+
+  def _print(self, line: str) -> None:
+    if self.is_main:
+      print(line, flush=True)
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, prefix + k + '.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _prepare_workdir(workdir: str, config, record: bool) -> None:
+  """Creates the workdir, refuses one that holds a run of another config, and records this config."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'Cannot write to --workdir={workdir} ({e.strerror}): choose a writable directory.') from None
+  path = os.path.join(workdir, 'config.json')
+  current = configuration.to_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = configuration.changed_fields(saved, current)
+    if changed and not config.allow_config_change:
+      raise UserError(f'--workdir={workdir} holds a run of another config (changed: {", ".join(changed)}): use a '
+                      'new --workdir, or pass --config.allow_config_change=True to resume it anyway.')
+  if record:
+    with open(path, 'w') as f:
+      json.dump(current, f, indent=2)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  return Run(config, workdir).train()
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best') -> dict:
+  """Evaluates the best (or latest) checkpoint of a workdir on the test split."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'No checkpoints in --workdir={workdir}: train first (--mode=train) or point at a run.')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.allow_config_change = True
+  run = Run(config, workdir, training=False)
+  params, step = run.checkpoints.restore_params(which, run.state) or (None, None)
+  if params is None:
+    raise UserError(f'No readable checkpoint in --workdir={workdir}: train first (--mode=train).')
+  test = run.evaluate(params, 'test')
+  val = run.evaluate(params, 'val')
+  if test is None:
+    raise UserError(f'Dataset {config.dataset} has no test split to evaluate on.')
+  out = dict(checkpoint=which, step=step, test_accuracy=test['accuracy'],
+             high_conf_accuracy=test['high_conf_accuracy'], num_confident=test['num_confident'],
+             val_accuracy=val['accuracy'] if val else None)
+  run._print(f'{which} checkpoint (step {step}): test accuracy {_pct(out["test_accuracy"])}, high-confidence '
+             f'accuracy {_pct(out["high_conf_accuracy"])} over {out["num_confident"]} confident examples, '
+             f'val accuracy {_pct(out["val_accuracy"])}.')
+  run.checkpoints.close()
+  return out

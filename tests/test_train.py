@@ -1,0 +1,141 @@
+"""End to end: the smoke config on the real shared CIFAR-10, resume, eval mode, workdir and config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from ssmae_jax import train
+from ssmae_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_cifar10 = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(os.environ.get('TFDS_DATA_DIR', ''), 'cifar10')),
+    reason='CIFAR-10 is not prepared in $TFDS_DATA_DIR (CI uses ../shared/tfds)')
+
+
+def tiny_config(**overrides):
+  c = smoke.get_config()
+  c.num_steps = 16
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 8
+  c.eval_batch_size = 1000
+  c.label_fraction = 0.01  # 500 labels: 450 train -> 28 steps per epoch.
+  c.labeled_batch_size = 32
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('smoke'))
+  config = tiny_config(num_steps=20)
+  config.val_fraction = 0.2
+  config.labeled_batch_size = 16  # 400 labeled -> 25 steps per epoch: 20 steps end inside epoch 0.
+  results = train.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+@needs_cifar10
+def test_smoke_writes_results(smoke_run):
+  _, workdir, results = smoke_run
+  with open(os.path.join(workdir, 'results.json')) as f:
+    saved = json.load(f)
+  for key in ('test_accuracy', 'best_val_accuracy', 'test_accuracy_at_best_val', 'high_conf_accuracy',
+              'gate_opened_at_epoch', 'pseudo_labels_total', 'pseudo_label_precision', 'steps', 'epochs',
+              'wall_seconds', 'config'):
+    assert key in saved, key
+  assert saved['steps'] == 20
+  assert saved['config']['num_steps'] == 20
+  assert 0.0 <= saved['test_accuracy'] <= 1.0
+  assert saved['gate_opened_at_epoch'] == 0  # threshold 0 and no warm-up: open from the first epoch.
+  assert saved['pseudo_labels_total'] > 0  # tau is low in the smoke config.
+  assert 0.0 <= saved['pseudo_label_precision'] <= 1.0
+  assert results['test_accuracy'] == saved['test_accuracy']
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+  assert os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert os.listdir(os.path.join(workdir, 'best'))
+
+
+@needs_cifar10
+def test_eval_mode_evaluates_best_checkpoint(smoke_run):
+  config, workdir, results = smoke_run
+  out = train.evaluate(config, workdir, 'best')
+  assert out['test_accuracy'] == pytest.approx(results['test_accuracy_at_best_val'])
+  latest = train.evaluate(config, workdir, 'latest')
+  assert latest['step'] == 20
+  assert latest['test_accuracy'] == pytest.approx(results['test_accuracy'])
+
+
+@needs_cifar10
+def test_resume_matches_uninterrupted(tmp_path):
+  config = tiny_config()
+  full = train.Run(config, str(tmp_path / 'full'))
+  full_results = full.train()
+
+  assert train.Run(config, str(tmp_path / 'split')).train(stop_at_step=6) is None
+  resumed = train.Run(config, str(tmp_path / 'split'))
+  assert int(resumed.checkpoints.latest.latest_step()) == 6
+  resumed_results = resumed.train()
+
+  for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(np.sum(np.asarray(resumed.state.pseudo_labels) >= 0)) > 0
+  drop = ('wall_seconds', 'config', 'history')
+  assert {k: v for k, v in full_results.items() if k not in drop} == \
+      {k: v for k, v in resumed_results.items() if k not in drop}
+  strip = lambda h: [{k: v for k, v in r.items() if k != 'wall_seconds'} for r in h]
+  assert strip(full_results['history']) == strip(resumed_results['history'])
+
+
+@needs_cifar10
+def test_workdir_of_another_config_is_refused(tmp_path):
+  config = tiny_config(num_steps=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  other = tiny_config(num_steps=4, mask_ratio=0.5)
+  with pytest.raises(UserError, match='mask_ratio'):
+    train.Run(other, str(tmp_path))
+  other.allow_config_change = True
+  train.Run(other, str(tmp_path))  # Allowed when asked for.
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(image_size=30), 'divisible'),
+    (dict(mask_ratio=0.999), 'visible patch'),
+    (dict(gate='sometimes'), 'config.gate'),
+    (dict(method='magic'), 'config.method'),
+])
+def test_bad_config_is_a_clear_error_before_loading(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    train.Run(tiny_config(**overrides), str(tmp_path))
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(UserError, match='writable'):
+    train.Run(tiny_config(), str(blocker / 'sub'))
+
+
+def test_eval_without_checkpoints_is_clear(tmp_path):
+  with pytest.raises(UserError, match='No checkpoints'):
+    train.evaluate(tiny_config(), str(tmp_path))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.labl_fraction=0.1'], 'label_fraction'),
+    (['--config.label_fraction=abc'], 'label_fraction'),
+])
+def test_main_reports_bad_flags_in_one_line(tmp_path, args, message):
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={tmp_path}'] + args,
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error:') and message in last
