@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data.
   c.dataset = 'cifar10'
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TFDS_DATA_DIR or TFDS's default.
+  c.download = True  # If the dataset is not prepared in the data dir, let TFDS download it (connected machines).
   c.image_size = 32  # Images are resized to this inside tf.data when the dataset differs.
   c.label_fraction = 0.1  # Fraction of the train split that is labeled (class-balanced).
   c.num_labels = ml_collections.FieldReference(None, field_type=int)  # If set, overrides label_fraction.

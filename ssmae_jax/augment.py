@@ -178,7 +178,7 @@ def weak_view(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def strong_view(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
-  """Strong view: flip, rotation, colour jitter, grayscale, Gaussian blur (k=3), translation — the reference's order."""
+  """Strong view: flip, rotation, colour jitter, grayscale, Gaussian blur (k=3), translation (reference order)."""
   flip_seed, rot_seed, jitter_seed, gray_seed, blur_seed, shift_seed = tf.unstack(_split(seed, 6))
   x = _flip(_to_float(image), flip_seed)
   x = _affine(x, rot_seed, aug.strong_rotation, 0.0)

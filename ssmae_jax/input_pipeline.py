@@ -58,9 +58,16 @@ def _builder(config: Any) -> tfds.core.DatasetBuilder:
   if channels not in (1, 3):
     raise UserError(f'Dataset {config.dataset!r} has {channels}-channel images: use an RGB or grayscale dataset.')
   if not builder.is_prepared():
-    raise UserError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and is never downloaded at '
-                    'run time: set TFDS_DATA_DIR or config.data_dir to a directory holding it, or prepare it with '
-                    f'`tfds build {config.dataset}` on a connected machine.')
+    offline_fix = ('set TFDS_DATA_DIR or config.data_dir to a directory holding it prepared, or prepare it with '
+                   f'`tfds build {config.dataset}` on a connected machine and copy it over.')
+    if not config.download:
+      raise UserError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and '
+                      f'config.download is False: {offline_fix}')
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # No network, a proxy, a full disk: all end the same way for the user.
+      raise UserError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and downloading it '
+                      f'failed ({type(e).__name__}): {offline_fix}') from None
   return builder
 
 
@@ -119,7 +126,7 @@ def _carve(config: Any, labels: np.ndarray, num_classes: int) -> tuple[np.ndarra
 
 
 def load_splits(config: Any) -> Splits:
-  """Loads config.dataset from TFDS (never downloading) and carves the seeded, class-balanced splits."""
+  """Loads config.dataset from TFDS (downloading it only if not prepared and config.download) and carves the seeded, class-balanced splits."""
   builder = _builder(config)
   train_images, train_labels = _load(builder, 'train')
   num_classes = builder.info.features['label'].num_classes
@@ -166,7 +173,7 @@ def _stream_keys(seed: int, stream_id: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _index_stream(n: int, global_batch: int, start_step: int, rows: tuple[int, int], order_key: tf.Tensor,
                   aug_key: tf.Tensor) -> tf.data.Dataset:
-  """(index into the set of n, augmentation seed, global position) for this process's rows, from start_step on.
+  """(index into the set of n, augmentation seed) for this process's rows, from start_step on.
 
   Epoch e is a seeded permutation of range(n); the stream is the epochs back to back, so position p is element
   p % n of epoch p // n and nothing before start_step * global_batch is ever generated.
@@ -224,6 +231,9 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
         rows[1] - rows[0], drop_remainder=True)
 
   if need_unlabeled:
+    if not len(splits.unlabeled_idx):
+      raise UserError('The unlabeled pool is empty: set config.unlabeled_includes_labeled=True or lower '
+                      'config.label_fraction / config.num_labels.')
     rows = _local_rows(config.unlabeled_batch_size, process_index, process_count, 'config.unlabeled_batch_size')
     unlabeled_idx = tf.constant(splits.unlabeled_idx, tf.int64)
 

@@ -57,13 +57,15 @@ def prefetch_to_device(iterator: Iterator[dict], mesh) -> Iterator[dict]:
     yield queue.popleft()
 
 
-def evaluate_arrays(eval_step, params, images, labels, config, mesh) -> dict:
-  """Accuracy and HCA of `params` on a whole split; every example counted once on any device count."""
+def evaluate_arrays(eval_step, params, images, labels, config, mesh) -> dict | None:
+  """Accuracy and HCA of `params` on a whole split (None if empty); each example counted once on any device count."""
   total = None
   for batch in input_pipeline.eval_batches(images, labels, config.eval_batch_size, config.image_size,
                                            process_index=jax.process_index(), process_count=jax.process_count()):
     sums = eval_step(params, sharding.to_global(batch, mesh))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    return None
   total = jax.tree.map(int, jax.device_get(total))
   return dict(
       accuracy=total['correct'] / max(total['count'], 1),

@@ -42,6 +42,11 @@ def _synthetic_split(builder, split, decoders=None, read_config=None, shuffle_fi
   })
 
 
+def _serve_synthetic(data_dir: str):
+  return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
+                                as_dataset_fn=_synthetic_split)
+
+
 @pytest.fixture
 def fake_tfds(tmp_path):
   """prepare(name, num_train, num_test) -> data_dir where TFDS serves synthetic, class-balanced examples."""
@@ -51,8 +56,7 @@ def fake_tfds(tmp_path):
     _write_metadata(data_dir, name, num_train, num_test)
     return data_dir
 
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
-                              as_dataset_fn=_synthetic_split):
+  with _serve_synthetic(data_dir):
     yield prepare
 
 
@@ -65,6 +69,12 @@ def _config(data_dir, **overrides):
   config.unlabeled_batch_size = 16
   config.update(overrides)
   return config
+
+
+def _with(config, **overrides):
+  copy = config.copy_and_resolve_references()
+  copy.update(overrides)
+  return copy
 
 
 def _take(iterator, n):
@@ -154,9 +164,17 @@ def test_unknown_dataset_raises_user_error(tmp_path):
 
 
 def test_unprepared_dataset_raises_user_error_and_downloads_nothing(tmp_path):
-  with pytest.raises(UserError, match='not prepared.*TFDS_DATA_DIR.*tfds build cifar10'):
-    input_pipeline.load_splits(_config(str(tmp_path)))
+  with pytest.raises(UserError, match='not prepared.*download is False.*TFDS_DATA_DIR.*tfds build cifar10'):
+    input_pipeline.load_splits(_config(str(tmp_path), download=False))
   assert not any(tmp_path.rglob('*.tfrecord*'))
+
+
+def test_failed_download_raises_user_error(tmp_path, monkeypatch):
+  def no_network(self, *args, **kwargs):
+    raise ConnectionError('no route to host')
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_network)
+  with pytest.raises(UserError, match='downloading it failed \\(ConnectionError\\).*TFDS_DATA_DIR'):
+    input_pipeline.load_splits(_config(str(tmp_path)))
 
 
 @pytest.mark.parametrize('name, match', [('imdb_reviews', 'no image and label'), ('dmlab', 'not fixed and square')])
@@ -176,85 +194,102 @@ def test_steps_per_epoch(fake_tfds):
 # Training streams.
 
 
-@pytest.fixture
-def splits_and_config(fake_tfds):
-  config = _config(fake_tfds(num_train=120))  # 60 labeled: 10 validation, 50 train; 110 unlabeled.
-  return input_pipeline.load_splits(config), config
+REFERENCE_STEPS = 13
 
 
-@pytest.mark.parametrize('image_size', [32, 40])
-def test_train_batches_keys_shapes_dtypes_and_contents(splits_and_config, image_size):
-  splits, config = splits_and_config
-  config.image_size = image_size
-  batch = next(input_pipeline.train_iterator(splits, config, 0))
-  s = image_size
+@pytest.fixture(scope='module')
+def stream(tmp_path_factory):
+  """(splits, config, the first REFERENCE_STEPS batches of a 1-process stream started at step 0), built once."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  _write_metadata(data_dir, 'cifar10', 200, None)
+  config = _config(data_dir)
+  with _serve_synthetic(data_dir):
+    splits = input_pipeline.load_splits(config)
+  # 80 labeled / 8 = 10 steps and 180 unlabeled / 16 = 11.25 steps per epoch: steps 8..12 cross both boundaries.
+  assert (len(splits.labeled_idx), len(splits.unlabeled_idx)) == (80, 180)
+  return splits, config, _take(input_pipeline.train_iterator(splits, config, 0), REFERENCE_STEPS)
+
+
+def test_train_batches_keys_shapes_dtypes_and_contents(stream):
+  splits, _, reference = stream
+  batch = reference[0]
   expected = {
-      'labeled_image': ((8, s, s, 3), np.uint8), 'labeled_label': ((8,), np.int32),
-      'unlabeled_weak': ((16, s, s, 3), np.uint8), 'unlabeled_strong': ((16, s, s, 3), np.uint8),
-      'unlabeled_mae': ((16, s, s, 3), np.uint8), 'unlabeled_index': ((16,), np.int32),
+      'labeled_image': ((8, 32, 32, 3), np.uint8), 'labeled_label': ((8,), np.int32),
+      'unlabeled_weak': ((16, 32, 32, 3), np.uint8), 'unlabeled_strong': ((16, 32, 32, 3), np.uint8),
+      'unlabeled_mae': ((16, 32, 32, 3), np.uint8), 'unlabeled_index': ((16,), np.int32),
       'unlabeled_label': ((16,), np.int32),
   }
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
   train_idx = splits.unlabeled_idx[batch['unlabeled_index']]
   np.testing.assert_array_equal(batch['unlabeled_label'], splits.train_labels[train_idx])
-  if image_size == 32:  # The weak view is the pool image, maybe mirrored.
-    for weak, image in zip(batch['unlabeled_weak'], splits.train_images[train_idx]):
-      assert np.array_equal(weak, image) or np.array_equal(weak, image[:, ::-1])
+  for weak, image in zip(batch['unlabeled_weak'], splits.train_images[train_idx]):  # The image, maybe mirrored.
+    assert np.array_equal(weak, image) or np.array_equal(weak, image[:, ::-1])
   assert set(batch['labeled_label']) <= set(range(10))
-  assert not np.array_equal(batch['unlabeled_weak'], batch['unlabeled_strong'])
+  for key in ('unlabeled_strong', 'unlabeled_mae'):
+    assert not np.array_equal(batch['unlabeled_weak'], batch[key])
 
 
-def test_need_flags_select_the_streams(splits_and_config):
-  splits, config = splits_and_config
+def test_train_batches_are_resized_to_image_size(stream):
+  splits, config, _ = stream
+  batch = next(input_pipeline.train_iterator(splits, _with(config, image_size=40), 0))
+  assert all(batch[k].shape[1:] == (40, 40, 3) for k in ('labeled_image', 'unlabeled_weak', 'unlabeled_strong',
+                                                         'unlabeled_mae'))
+
+
+def test_need_flags_select_the_streams(stream):
+  splits, config, reference = stream
   labeled = next(input_pipeline.train_iterator(splits, config, 0, need_unlabeled=False))
   unlabeled = next(input_pipeline.train_iterator(splits, config, 0, need_labeled=False))
-  both = next(input_pipeline.train_iterator(splits, config, 0))
   assert set(labeled) == {'labeled_image', 'labeled_label'}
   assert set(unlabeled) == {'unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae', 'unlabeled_index',
                             'unlabeled_label'}
-  _assert_batches_equal(labeled | unlabeled, both)
+  _assert_batches_equal(labeled | unlabeled, reference[0])
 
 
-def test_each_epoch_visits_every_example_once_in_a_new_order(splits_and_config):
-  splits, config = splits_and_config
-  config.unlabeled_batch_size = 10  # 110 pool examples: 11 steps per epoch.
-  batches = _take(input_pipeline.train_iterator(splits, config, 0, need_labeled=False), 22)
-  epochs = [np.concatenate([b['unlabeled_index'] for b in batches[e * 11:(e + 1) * 11]]) for e in range(2)]
+def test_each_epoch_visits_every_example_once_in_a_new_order(stream):
+  splits, config, _ = stream
+  # 180 pool examples / 20 = 9 steps per epoch.
+  batches = _take(input_pipeline.train_iterator(splits, _with(config, unlabeled_batch_size=20), 0,
+                                                need_labeled=False), 18)
+  epochs = [np.concatenate([b['unlabeled_index'] for b in batches[e * 9:(e + 1) * 9]]) for e in range(2)]
   for order in epochs:
-    np.testing.assert_array_equal(np.sort(order), np.arange(110))
+    np.testing.assert_array_equal(np.sort(order), np.arange(180))
   assert not np.array_equal(epochs[0], epochs[1])
 
 
-def test_resume_at_step_s_gives_batches_s_onwards(splits_and_config):
-  splits, config = splits_and_config
-  # 50 labeled / 8 and 110 unlabeled / 16: steps 4..9 cross an epoch boundary of both streams.
-  full = _take(input_pipeline.train_iterator(splits, config, 0), 10)
-  resumed = _take(input_pipeline.train_iterator(splits, config, 4), 6)
-  for a, b in zip(full[4:], resumed):
+def test_resume_at_step_s_gives_batches_s_onwards(stream):
+  splits, config, reference = stream
+  resumed = _take(input_pipeline.train_iterator(splits, config, 8), REFERENCE_STEPS - 8)
+  for a, b in zip(reference[8:], resumed):
     _assert_batches_equal(a, b)
 
 
-def test_seed_decides_order_and_augmentation(splits_and_config):
-  splits, config = splits_and_config
-  a = next(input_pipeline.train_iterator(splits, config, 0))
-  config.seed = 1
-  b = next(input_pipeline.train_iterator(splits, config, 0))
-  assert not np.array_equal(a['unlabeled_index'], b['unlabeled_index'])
-  assert not np.array_equal(a['labeled_image'], b['labeled_image'])
+def test_seed_decides_order_and_augmentation(stream):
+  splits, config, reference = stream
+  other = next(input_pipeline.train_iterator(splits, _with(config, seed=1), 0))
+  assert not np.array_equal(reference[0]['unlabeled_index'], other['unlabeled_index'])
+  assert not np.array_equal(reference[0]['labeled_image'], other['labeled_image'])
 
 
-def test_process_slices_concatenate_to_the_global_batch(splits_and_config):
-  splits, config = splits_and_config
-  whole = _take(input_pipeline.train_iterator(splits, config, 2), 3)
-  parts = [_take(input_pipeline.train_iterator(splits, config, 2, process_index=p, process_count=2), 3)
+def test_process_slices_concatenate_to_the_global_batch(stream):
+  splits, config, reference = stream
+  parts = [_take(input_pipeline.train_iterator(splits, config, 10, process_index=p, process_count=2), 3)
            for p in range(2)]
-  for step, batch in enumerate(whole):
+  for step, batch in enumerate(reference[10:]):
     assert parts[0][step]['labeled_image'].shape[0] == 4 and parts[0][step]['unlabeled_index'].shape[0] == 8
     _assert_batches_equal(batch, {k: np.concatenate([parts[0][step][k], parts[1][step][k]]) for k in batch})
 
 
-def test_batch_not_divisible_by_process_count_raises_user_error(splits_and_config):
-  splits, config = splits_and_config
+def test_empty_unlabeled_pool_raises_user_error(fake_tfds):
+  config = _config(fake_tfds(), label_fraction=1.0, unlabeled_includes_labeled=False)
+  splits = input_pipeline.load_splits(config)
+  assert splits.unlabeled_idx.size == 0
+  with pytest.raises(UserError, match='unlabeled pool is empty'):
+    input_pipeline.train_iterator(splits, config, 0)
+
+
+def test_batch_not_divisible_by_process_count_raises_user_error(stream):
+  splits, config, _ = stream
   with pytest.raises(UserError, match='labeled_batch_size'):
     input_pipeline.train_iterator(splits, config, 0, process_count=3)
 
