@@ -1,5 +1,7 @@
 """The validation gate, the pseudo-label selection rule and the sticky memory (DESIGN.md §1), in pure jnp."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -60,3 +62,9 @@ def update_memory(memory: jax.Array, indices: jax.Array, targets: jax.Array, new
   the unlabeled stream), and leaves every slot not newly assigned as it was.
   """
   return memory.at[indices].max(jnp.where(new, targets, -1))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def memory_class_counts(memory: jax.Array, num_classes: int) -> jax.Array:
+  """How many pseudo-labels the memory holds for each class."""
+  return jnp.bincount(jnp.where(memory >= 0, memory, num_classes), length=num_classes + 1)[:num_classes]

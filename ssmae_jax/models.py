@@ -26,20 +26,28 @@ def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
 
 
+def gelu(x):
+  """Exact GELU in PyTorch's erf form: the same function as jax.nn.gelu's erfc form, several times cheaper on CPU."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0 ** -0.5)))
+
+
 class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, cls_only: bool = False):
+    """x: [B, T, D] -> [B, T, D]; with `cls_only`, only the first token's output, [B, 1, D]."""
     b, t, d = x.shape
     hd = d // self.num_heads
     qkv = dense(3 * d, self.dtype, use_bias=False, name='qkv')(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, hd), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    if cls_only:
+      q = q[:, :1]
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * (hd ** -0.5), k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, t, d)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, q.shape[1], d)
     return dense(d, self.dtype, name='proj')(out)
 
 
@@ -49,12 +57,14 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, cls_only: bool = False):
+    """x: [B, T, D] -> [B, T, D]; with `cls_only`, only the first token's output, [B, 1, D]."""
     d = x.shape[-1]
-    x = x + Attention(self.num_heads, self.dtype, name='attn')(layer_norm(self.dtype, 'norm1')(x))
+    h = Attention(self.num_heads, self.dtype, name='attn')(layer_norm(self.dtype, 'norm1')(x), cls_only)
+    x = (x[:, :1] if cls_only else x) + h
     h = layer_norm(self.dtype, 'norm2')(x)
     h = dense(int(d * self.mlp_ratio), self.dtype, name='fc1')(h)
-    h = nn.gelu(h, approximate=False)
+    h = gelu(h)
     h = dense(d, self.dtype, name='fc2')(h)
     return x + h
 
@@ -75,8 +85,12 @@ class Encoder(nn.Module):
     self.blocks = [Block(self.num_heads, self.mlp_ratio, self.dtype) for _ in range(self.depth)]
     self.norm = layer_norm(self.dtype)
 
-  def __call__(self, patches, ids_keep=None):
-    """patches: [B, N, p*p*3]. With ids_keep [B, K], only those patches are embedded and encoded."""
+  def __call__(self, patches, ids_keep=None, cls_only: bool = False):
+    """patches: [B, N, p*p*3] -> [B, 1 + N, D]. With ids_keep [B, K], only those patches are embedded and encoded.
+
+    With `cls_only` the output is the class token's alone, [B, 1, D]: the last block runs attention and MLP for
+    that token only, since no other token's output can reach it.
+    """
     pos = self.pos_embed.astype(self.dtype)
     if ids_keep is not None:
       patches = jnp.take_along_axis(patches, ids_keep[..., None], axis=1)
@@ -86,8 +100,8 @@ class Encoder(nn.Module):
     x = self.patch_embed(patches.astype(self.dtype)) + patch_pos
     cls = jnp.broadcast_to(self.cls_token.astype(self.dtype) + pos[:, :1], (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1)
-    for block in self.blocks:
-      x = block(x)
+    for i, block in enumerate(self.blocks):
+      x = block(x, cls_only and i == len(self.blocks) - 1)
     return self.norm(x)
 
 
@@ -143,7 +157,7 @@ class SSMAE(nn.Module):
 
   def classify(self, images):
     """images: normalised [B, H, W, 3] -> float32 logits [B, num_classes]."""
-    x = self.encoder(masking.patchify(images, self.patch_size))
+    x = self.encoder(masking.patchify(images, self.patch_size), cls_only=True)
     return self.head(x[:, 0]).astype(jnp.float32)
 
   def reconstruct(self, images, ids_keep, ids_restore):

@@ -27,10 +27,16 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
 
   `batch` holds global arrays: labeled_image/label and unlabeled_weak/strong/mae/index. The hidden labels of
   unlabeled examples are not an input: they cannot reach the loss.
+
+  The loss is L_rec + lambda * L_cls and the two terms share no activations, so each is differentiated on its
+  own and the gradients are added. The classification term's forward and backward pass both live inside one
+  branch of a lax.switch: a switch inside the differentiated function would make every branch output the
+  residuals of every other branch (as zeros), which costs more than the skipped work saves.
   """
   tau = config.tau
   require_agreement = config.require_agreement
   sticky = config.sticky
+  rec_weight, cls_weight = config.rec_weight, config.cls_weight
   base_key = jax.random.key(config.seed)
 
   def classify(params, images):
@@ -45,62 +51,79 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
     idx = batch['unlabeled_index']
     num_l, num_u = x_l.shape[0], x_w.shape[0]
 
-    rec_images = jnp.concatenate([x_l, normalize(batch['unlabeled_mae'])])
-    ids_keep, mask, ids_restore = masking.random_masking(rng, rec_images.shape[0], model.num_patches,
-                                                          config.mask_ratio)
-    rec_target = masking.patchify(rec_images, model.patch_size)
-
     memory = state.pseudo_labels[idx]
     remembered = (memory >= 0) if sticky else jnp.zeros_like(memory, bool)
     branch = jnp.where(state.gate_open, GATE_OPEN, jnp.where(jnp.any(remembered), WITH_MEMORY, LABELED_ONLY))
     nothing_new = jnp.zeros((num_u,), bool)
 
-    # Each branch returns (labeled logits, (unlabeled CE, used, new, targets)).
+    def cls_loss(logits_l, ce_u, used):
+      ce_l = losses.cross_entropy(logits_l, y_l)
+      return (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (num_l + jnp.sum(used))
+
+    # Each branch: (L_cls, its gradient, (labeled logits, used, new, targets)).
     def labeled_only(params):
-      return classify(params, x_l), (jnp.zeros((num_u,), jnp.float32), nothing_new, nothing_new, memory)
+      def loss_fn(params):
+        logits_l = classify(params, x_l)
+        return cls_loss(logits_l, jnp.zeros((num_u,), jnp.float32), nothing_new), logits_l
+
+      (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return loss, grads, (logits_l, nothing_new, nothing_new, memory)
 
     def with_memory(params):
-      logits = classify(params, jnp.concatenate([x_l, x_w]))
-      ce_u = losses.cross_entropy(logits[num_l:], memory)
-      return logits[:num_l], (ce_u, remembered, nothing_new, memory)
+      def loss_fn(params):
+        logits = classify(params, jnp.concatenate([x_l, x_w]))
+        ce_u = losses.cross_entropy(logits[num_l:], memory)
+        return cls_loss(logits[:num_l], ce_u, remembered), logits[:num_l]
+
+      (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return loss, grads, (logits_l, remembered, nothing_new, memory)
 
     def gate_open(params):
-      logits = classify(params, jnp.concatenate([x_l, x_w]))
-      logits_s = classify(jax.lax.stop_gradient(params), x_s)
-      probs_w = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
-      targets, used, new = gate.select(probs_w, jax.nn.softmax(logits_s), memory, True, tau=tau,
-                                       require_agreement=require_agreement, sticky=sticky)
-      ce_u = losses.cross_entropy(logits[num_l:], targets)
-      return logits[:num_l], (ce_u, used, new, targets)
+      # Outside the differentiated function: the strong view gets a forward pass only.
+      probs_s = jax.nn.softmax(classify(params, x_s))
 
-    def loss_fn(params):
-      if config.rec_weight:
+      def loss_fn(params):
+        logits = classify(params, jnp.concatenate([x_l, x_w]))
+        probs_w = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
+        targets, used, new = gate.select(probs_w, probs_s, memory, True, tau=tau,
+                                         require_agreement=require_agreement, sticky=sticky)
+        ce_u = losses.cross_entropy(logits[num_l:], targets)
+        return cls_loss(logits[:num_l], ce_u, used), (logits[:num_l], used, new, targets)
+
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return loss, grads, aux
+
+    cls, cls_grads, (logits_l, used, new, targets) = jax.lax.switch(
+        branch, [labeled_only, with_memory, gate_open], state.params)
+    if rec_weight:
+      rec_images = jnp.concatenate([x_l, normalize(batch['unlabeled_mae'])])
+      ids_keep, mask, ids_restore = masking.random_masking(rng, rec_images.shape[0], model.num_patches,
+                                                            config.mask_ratio)
+      rec_target = masking.patchify(rec_images, model.patch_size)
+
+      def rec_loss_fn(params):
         pred = model.apply({'params': params}, rec_images, ids_keep, ids_restore, method=model.reconstruct)
-        rec_loss = losses.reconstruction_loss(pred, rec_target, mask, config.norm_pix_loss)
-      else:
-        rec_loss = jnp.zeros((), jnp.float32)
-      logits_l, (ce_u, used, new, targets) = jax.lax.switch(
-          branch, [labeled_only, with_memory, gate_open], params)
-      ce_l = losses.cross_entropy(logits_l, y_l)
-      num_used = jnp.sum(used)
-      cls_loss = (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (num_l + num_used)
-      loss = config.rec_weight * rec_loss + config.cls_weight * cls_loss
-      aux = dict(rec_loss=rec_loss, cls_loss=cls_loss, logits_l=logits_l, used=used, new=new, targets=targets)
-      return loss, aux
+        return losses.reconstruction_loss(pred, rec_target, mask, config.norm_pix_loss)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      rec, rec_grads = jax.value_and_grad(rec_loss_fn)(state.params)
+      grads = jax.tree.map(lambda r, c: rec_weight * r + cls_weight * c, rec_grads, cls_grads)
+    else:
+      rec = jnp.zeros((), jnp.float32)
+      grads = jax.tree.map(lambda c: cls_weight * c, cls_grads)
+    loss = rec_weight * rec + cls_weight * cls
+
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    pseudo_labels = gate.update_memory(state.pseudo_labels, idx, aux['targets'], aux['new'])
+    pseudo_labels = gate.update_memory(state.pseudo_labels, idx, targets, new)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, pseudo_labels=pseudo_labels)
     grad_norm = optax.global_norm(grads)
     metrics = dict(
         loss=loss,
-        rec_loss=aux['rec_loss'],
-        cls_loss=aux['cls_loss'],
-        labeled_accuracy=jnp.mean(jnp.argmax(aux['logits_l'], -1) == y_l),
-        unlabeled_used=jnp.sum(aux['used']).astype(jnp.float32),
-        pseudo_labels_new=jnp.sum(aux['new']).astype(jnp.float32),
+        rec_loss=rec,
+        cls_loss=cls,
+        labeled_accuracy=jnp.mean(jnp.argmax(logits_l, -1) == y_l),
+        unlabeled_used=jnp.sum(used).astype(jnp.float32),
+        pseudo_labels_new=jnp.sum(new).astype(jnp.float32),
         grad_norm=grad_norm,
         nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32),
     )

@@ -84,6 +84,24 @@ def _pct(x) -> str:
   return 'n/a' if x is None else f'{100 * x:.2f}%'
 
 
+class MetricWindow:
+  """Sums of the per-step metrics since the last fetch, kept on the device until fetched."""
+
+  def __init__(self):
+    self.totals, self.steps, self.start = None, 0, time.time()
+
+  def add(self, metrics: dict) -> None:
+    self.totals = metrics if self.totals is None else steps.accumulate(self.totals, metrics)
+    self.steps += 1
+
+  def fetch(self) -> tuple[dict, float]:
+    """(sums as floats, steps per second since the last fetch), and starts a new window."""
+    sums = {k: float(v) for k, v in jax.device_get(self.totals).items()}
+    rate = self.steps / max(time.time() - self.start, 1e-9)
+    self.totals, self.steps, self.start = None, 0, time.time()
+    return sums, rate
+
+
 class Run:
   """One training run in a workdir. `train()` runs or resumes it to the end."""
 
@@ -132,7 +150,7 @@ class Run:
     restored = self.checkpoints.restore_latest(self.state)
     if restored is None:
       meta = dict(history=[], best_val_accuracy=None, best_epoch=None, gate_opened_at_epoch=None,
-                  last_epoch_evaluated=-1, wall_seconds=0.0, pseudo_labels_total=0)
+                  last_epoch_evaluated=-1, wall_seconds=0.0, pseudo_labels_total=0, epoch_sums={})
     else:
       self.state, meta = restored
       self._print(f'Resuming from step {int(self.state.step)} in {self.workdir}.')
@@ -151,36 +169,24 @@ class Run:
                 f'{len(self.splits.labeled_idx)} labeled, {len(self.splits.val_idx)} validation, '
                 f'{self.pool_size} unlabeled, {jax.device_count()} devices.')
 
-    totals, window_start, window_steps = None, time.time(), 0
+    window = MetricWindow()
     for step in range(start_step, self.total_steps):
       epoch = step // self.steps_per_epoch
       if step % self.steps_per_epoch == 0 and meta['last_epoch_evaluated'] < epoch:
+        self._flush(window, step, meta, writer)
         self._epoch_boundary(epoch, meta, writer, start_wall)
       batch = next(batches)
       batch.pop('unlabeled_label', None)
       self.state, metrics = train_step(self.state, batch)
-      totals = metrics if totals is None else steps.accumulate(totals, metrics)
-      window_steps += 1
-      if (step + 1) % config.log_every_steps == 0 or step + 1 == self.total_steps:
-        means = {k: float(v) / window_steps for k, v in jax.device_get(totals).items()}
-        if means.pop('nonfinite'):
-          raise FloatingPointError(
-              f'The loss or gradient became non-finite between steps {step + 2 - window_steps} and {step + 1}; '
-              f'the last good checkpoint is in {self.workdir}/checkpoints. Lower the learning rate or clip '
-              'gradients (config.optimizer.grad_clip_norm).')
-        elapsed = time.time() - window_start
-        means['steps_per_sec'] = window_steps / elapsed
-        writer.write_scalars(step + 1, {f'train/{k}': v for k, v in means.items()})
-        eta = (self.total_steps - step - 1) / means['steps_per_sec']
-        self._print(f'step {step + 1}/{self.total_steps} | epoch {(step + 1) / self.steps_per_epoch:.2f} | '
-                    f'loss {means["loss"]:.4f} (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f}) | '
-                    f'train acc {100 * means["labeled_accuracy"]:.1f}% | unlabeled used/step '
-                    f'{means["unlabeled_used"]:.1f} | {means["steps_per_sec"]:.2f} steps/s | ETA {_fmt_time(eta)}')
-        totals, window_start, window_steps = None, time.time(), 0
-      if (step + 1) % config.checkpoint_every_steps == 0 or step + 1 == stop_at_step:
+      window.add(metrics)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == self.total_steps:
+        self._flush(window, done, meta, writer)
+      if done % config.checkpoint_every_steps == 0 or done == stop_at_step:
+        self._flush(window, done, meta, writer)
         meta['wall_seconds'] = time.time() - start_wall
         self.checkpoints.save(self.state, meta)
-      if step + 1 == stop_at_step:
+      if done == stop_at_step:
         self.checkpoints.wait()
         self.checkpoints.close()
         return None
@@ -206,6 +212,30 @@ class Run:
     self.checkpoints.close()
     return results
 
+  def _flush(self, window: 'MetricWindow', done: int, meta: dict, writer) -> None:
+    """Fetches the metrics of the steps since the last flush (one host sync), logs them, adds them to the epoch's."""
+    if not window.steps:
+      return
+    steps_in_window = window.steps
+    sums, steps_per_sec = window.fetch()
+    if sums.pop('nonfinite'):
+      raise FloatingPointError(
+          f'The loss or gradient became non-finite between steps {done - steps_in_window + 1} and {done}; the last '
+          f'good checkpoint is in {self.workdir}/checkpoints. Lower the learning rate or clip gradients '
+          '(config.optimizer.grad_clip_norm).')
+    epoch_sums = meta['epoch_sums']
+    for k, v in sums.items():
+      epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+    epoch_sums['steps'] = epoch_sums.get('steps', 0) + steps_in_window
+    means = {k: v / steps_in_window for k, v in sums.items()}
+    means['steps_per_sec'] = steps_per_sec
+    writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
+    eta = (self.total_steps - done) / steps_per_sec
+    self._print(f'step {done}/{self.total_steps} | epoch {done / self.steps_per_epoch:.2f} | '
+                f'loss {means["loss"]:.4f} (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f}) | '
+                f'train acc {100 * means["labeled_accuracy"]:.1f}% | unlabeled used/step '
+                f'{means["unlabeled_used"]:.1f} | {steps_per_sec:.2f} steps/s | ETA {_fmt_time(eta)}')
+
   def _epoch_boundary(self, epoch: int, meta: dict, writer, start_wall: float, final: bool = False) -> None:
     """Validation at the start of `epoch`: decides the gate for the epoch and the best checkpoint."""
     config = self.config
@@ -222,12 +252,18 @@ class Run:
     test_due = final or (config.test_every_epochs and epoch % config.test_every_epochs == 0)
     test = self.evaluate(self.state.params, 'test') if test_due else None
     total, precision = self.pseudo_label_stats()
+    per_class = [int(x) for x in gate.memory_class_counts(self.state.pseudo_labels, self.splits.num_classes)]
+    epoch_sums, meta['epoch_sums'] = meta['epoch_sums'], {}
+    n = epoch_sums.pop('steps', 0)
+    train_means = {f'train_{k}': (epoch_sums[k] / n if n else None)
+                   for k in ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy')}
     record = dict(epoch=epoch, step=int(self.state.step), val_accuracy=val_acc, val_hca=hca,
                   val_num_confident=val['num_confident'] if val else 0, gate_open=is_open and not final,
                   test_accuracy=test['accuracy'] if test else None,
                   test_hca=test['high_conf_accuracy'] if test else None,
                   pseudo_labels_total=total, pseudo_labels_new=total - meta['pseudo_labels_total'],
-                  pseudo_label_precision=precision, wall_seconds=time.time() - start_wall)
+                  pseudo_label_precision=precision, pseudo_labels_per_class=per_class, **train_means,
+                  wall_seconds=time.time() - start_wall)
     meta['pseudo_labels_total'] = total
     meta['history'].append(record)
     meta['last_epoch_evaluated'] = epoch
@@ -235,11 +271,36 @@ class Run:
       meta['best_val_accuracy'], meta['best_epoch'] = val_acc, epoch
       self.checkpoints.save_best(int(self.state.step), self.state.params, dict(epoch=epoch, val_accuracy=val_acc))
     writer.write_scalars(int(self.state.step), {
-        f'epoch/{k}': float(v) for k, v in record.items() if v is not None and k not in ('epoch', 'step')})
+        f'epoch/{k}': float(v) for k, v in record.items()
+        if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class')})
+    self._write_history(meta)
     self._print(f'epoch {epoch}{" (final)" if final else ""} | val acc {_pct(val_acc)} | HCA {_pct(hca)} '
                 f'({record["val_num_confident"]} confident) | gate {"open" if record["gate_open"] else "closed"} | '
                 f'test acc {_pct(record["test_accuracy"])} | pseudo-labels {total} (+{record["pseudo_labels_new"]}, '
                 f'precision {_pct(precision)})')
+
+  def _write_history(self, meta: dict) -> None:
+    """WORKDIR/history.json, rewritten at every epoch: what the plots of a running or finished run read."""
+    if not self.is_main:
+      return
+    hidden = np.asarray(self.hidden_labels)
+    known = hidden[hidden >= 0]
+    history = dict(
+        dataset=self.config.dataset,
+        method=self.config.method,
+        class_names=list(self.splits.class_names),
+        unlabeled_class_counts=(np.bincount(known, minlength=self.splits.num_classes).tolist()
+                                if len(known) else None),
+        gate_threshold=self.config.gate_threshold,
+        gate_confidence=self.config.gate_confidence,
+        gate_opened_at_epoch=meta['gate_opened_at_epoch'],
+        steps_per_epoch=self.steps_per_epoch,
+        epochs=meta['history'],
+    )
+    path = os.path.join(self.workdir, 'history.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(history, f, indent=1)
+    os.replace(path + '.tmp', path)
 
   def _results(self, meta: dict, cfg_dict: dict) -> dict:
     last = meta['history'][-1]

@@ -305,6 +305,12 @@ def test_update_memory_under_jit():
   np.testing.assert_array_equal(np.asarray(jax.jit(gate.update_memory)(memory, *args)), [1, 2, -1, -1])
 
 
+def test_memory_class_counts_ignores_unassigned():
+  memory = jnp.array([-1, 0, 2, 2, -1, 1, 2], jnp.int32)
+  np.testing.assert_array_equal(np.asarray(gate.memory_class_counts(memory, 4)), [1, 1, 3, 0])
+  np.testing.assert_array_equal(np.asarray(gate.memory_class_counts(jnp.full((5,), -1, jnp.int32), 3)), [0, 0, 0])
+
+
 # --- train_state.create ----------------------------------------------------------------------------------------------
 
 

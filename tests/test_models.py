@@ -177,6 +177,16 @@ def test_block_matches_a_numpy_reference_vit_block():
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
+def test_block_cls_only_is_the_first_token_of_the_full_block():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 32)).astype(np.float32))
+  block = models.Block(num_heads=2)
+  p = jax.jit(block.init)(jax.random.key(4, impl='rbg'), x)
+  full = jax.jit(block.apply)(p, x)
+  cls = jax.jit(lambda p, x: block.apply(p, x, True))(p, x)
+  assert cls.shape == (2, 1, 32)
+  np.testing.assert_allclose(np.asarray(cls), np.asarray(full[:, :1]), atol=1e-5, rtol=1e-5)
+
+
 # --- forward paths ---------------------------------------------------------------------------------------------------
 
 
@@ -185,6 +195,18 @@ def test_classify_output_shape_and_dtype(tiny):
   assert logits.shape == (B, 10)
   assert logits.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_classify_is_the_head_on_the_full_encoders_class_token(tiny):
+  """`classify` may shortcut the last block to the class token; it must equal the plain computation."""
+  def reference(module, images):
+    tokens = module.encoder(masking.patchify(images, 4))
+    assert tokens.shape == (B, 1 + N, 32)
+    return module.head(tokens[:, 0])
+
+  images = _images()
+  want = jax.jit(lambda p, x: tiny.model.apply({'params': p}, x, method=reference))(tiny.params, images)
+  np.testing.assert_allclose(np.asarray(tiny.classify(tiny.params, images)), np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
 def test_classify_depends_on_every_patch(tiny):
