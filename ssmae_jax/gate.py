@@ -61,7 +61,8 @@ def update_memory(memory: jax.Array, indices: jax.Array, targets: jax.Array, new
   `max` with -1 makes the scatter deterministic when an index appears twice in a batch (an epoch boundary of
   the unlabeled stream), and leaves every slot not newly assigned as it was.
   """
-  return memory.at[indices].max(jnp.where(new, targets, -1))
+  writable = new & (memory[indices] < 0)
+  return memory.at[indices].max(jnp.where(writable, targets, -1))
 
 
 @functools.partial(jax.jit, static_argnums=1)

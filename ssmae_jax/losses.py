@@ -11,7 +11,7 @@ def reconstruction_loss(pred: jax.Array, target_patches: jax.Array, mask: jax.Ar
   target = target_patches
   if norm_pix_loss:
     mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True)
+    var = target.var(axis=-1, keepdims=True, ddof=1)  # torch.var's unbiased default, as in MAE.
     target = (target - mean) / jnp.sqrt(var + 1e-6)
   per_patch = jnp.mean((pred - target) ** 2, axis=-1)
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)

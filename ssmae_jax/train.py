@@ -4,6 +4,8 @@ import collections
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Iterator
 
@@ -102,6 +104,34 @@ class MetricWindow:
     return sums, rate
 
 
+class PreemptionWatch:
+  """SIGTERM (what a TPU VM gets before preemption) asks the loop to checkpoint and stop at the next step.
+
+  With several processes every one must stop at the same step: orbax's preemption sync decides it then.
+  """
+
+  def __init__(self, checkpoints: checkpointing.Checkpoints):
+    self.checkpoints = checkpoints
+    self.signalled = False
+    self.previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return self.checkpoints.latest.reached_preemption(step)
+    return self.signalled
+
+  def restore(self) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
+
+
 class Run:
   """One training run in a workdir. `train()` runs or resumes it to the end."""
 
@@ -170,6 +200,7 @@ class Run:
                 f'{self.pool_size} unlabeled, {jax.device_count()} devices.')
 
     window = MetricWindow()
+    preemption = PreemptionWatch(self.checkpoints)
     for step in range(start_step, self.total_steps):
       epoch = step // self.steps_per_epoch
       if step % self.steps_per_epoch == 0 and meta['last_epoch_evaluated'] < epoch:
@@ -186,9 +217,19 @@ class Run:
         self._flush(window, done, meta, writer)
         meta['wall_seconds'] = time.time() - start_wall
         self.checkpoints.save(self.state, meta)
-      if done == stop_at_step:
+      preempted = preemption.reached(done)
+      if done == stop_at_step or preempted:
+        if preempted:
+          self._flush(window, done, meta, writer)
+          meta['wall_seconds'] = time.time() - start_wall
+          self.checkpoints.save(self.state, meta)
         self.checkpoints.wait()
         self.checkpoints.close()
+        preemption.restore()
+        writer.flush()
+        if preempted:
+          self._print(f'Preempted (SIGTERM) at step {done}: checkpoint saved in {self.workdir}/checkpoints; '
+                      'run the same command to resume.')
         return None
 
     final_epoch = self.num_epochs
@@ -198,6 +239,7 @@ class Run:
     if self.checkpoints.latest.latest_step() != self.total_steps:
       self.checkpoints.save(self.state, meta)
     self.checkpoints.wait()
+    preemption.restore()
     results = self._results(meta, cfg_dict)
     writer.flush()
     if self.is_main:

@@ -25,8 +25,9 @@ def _count(tree) -> int:
 def _abstract_params(model: models.SSMAE, image_size: int):
   n = model.num_patches
   k = masking.num_kept(n, 0.75)
-  return jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
-                        jax.ShapeDtypeStruct((1, k), jnp.int32), jax.ShapeDtypeStruct((1, n), jnp.int32))['params']
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), images, jax.ShapeDtypeStruct((1, k), jnp.int32),
+                        jax.ShapeDtypeStruct((1, n), jnp.int32))['params']
 
 
 def _images(b=2, seed=0, size=16):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -166,3 +167,28 @@ def test_main_reports_bad_flags_in_one_line(tmp_path, args, message):
   assert 'Traceback' not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error:') and message in last
+
+
+@needs_cifar10
+def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={workdir}',
+             '--config.num_steps=40', '--config.log_every_steps=2', '--config.checkpoint_every_steps=1000']
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith('step 4/'):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  preempted = [l for l in out.splitlines() if l.startswith('Preempted')]
+  assert len(preempted) == 1
+  stopped_at = int(preempted[0].split('at step ')[1].split(':')[0])
+  assert 4 <= stopped_at < 40
+  assert (workdir / 'checkpoints' / str(stopped_at)).is_dir()
+  assert not (workdir / 'results.json').exists()
+
+  resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'Resuming from step {stopped_at}' in resumed.stdout
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 40

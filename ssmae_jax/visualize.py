@@ -1,0 +1,284 @@
+"""Pictures of a run: MAE reconstruction grids and the curves of WORKDIR/history.json.
+
+Figures are built with matplotlib's object API (`Figure` + Agg canvas), never pyplot: nothing global is registered,
+so nothing leaks between calls, it runs headless, and importing this module does not switch the backend of a
+notebook or script that also uses pyplot.
+"""
+
+import functools
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ssmae_jax import masking
+from ssmae_jax.errors import UserError
+from ssmae_jax.steps import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+GREY = 128
+GAP_COLOUR = 255
+MIN_TILE_PX = 96
+FIG_SIZE_IN = (8.0, 5.0)
+FIG_DPI = 100
+# Matches losses.reconstruction_loss, so de-normalising undoes exactly what the targets went through.
+NORM_PIX_EPS = 1e-6
+GATE_COLOUR = '#2ca02c'
+# Train metrics are means over the epoch that ended at the record, so they sit at that epoch's middle.
+TRAIN_SHIFT = -0.5
+
+_MEAN = np.asarray(IMAGENET_MEAN)
+_STD = np.asarray(IMAGENET_STD)
+
+
+def _to_normalised(images: np.ndarray) -> np.ndarray:
+  return (images.astype(np.float32) / 255.0 - _MEAN) / _STD
+
+
+def _to_uint8(normalised: np.ndarray) -> np.ndarray:
+  return np.clip(np.rint((normalised * _STD + _MEAN) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _upsample(image: np.ndarray, scale: int) -> np.ndarray:
+  return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
+def _tile_grid(tiles: Sequence[Sequence[np.ndarray]], gap: int) -> np.ndarray:
+  """Rows of equally sized [h, w, 3] tiles -> one image, `gap` pixels of GAP_COLOUR between tiles."""
+  h, w, c = tiles[0][0].shape
+  rows, cols = len(tiles), len(tiles[0])
+  out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, c), GAP_COLOUR, np.uint8)
+  for r, row in enumerate(tiles):
+    for k, tile in enumerate(row):
+      out[r * (h + gap):r * (h + gap) + h, k * (w + gap):k * (w + gap) + w] = tile
+  return out
+
+
+def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, patch_size: int, *,
+                        norm_pix_loss: bool = False, scale: int | None = None, gap: int = 4) -> np.ndarray:
+  """One row per image: original | masked input (removed patches grey) | reconstruction | visible patches pasted.
+
+  Args:
+    images: uint8 [n, H, W, 3], the originals.
+    pred: float [n, N, p*p*3], the decoder output, in the space of `steps.normalize` (per-patch normalised when
+      the model was trained with `norm_pix_loss`: each patch is then mapped back with its original's mean/std).
+    mask: [n, N], 1 on removed patches.
+    patch_size: p.
+    scale: integer nearest-neighbour upsampling; by default the smallest making a tile at least MIN_TILE_PX tall.
+    gap: pixels between tiles, after scaling.
+  Returns:
+    uint8 [n*H*scale + (n-1)*gap, 4*W*scale + 3*gap, 3].
+  """
+  images = np.asarray(images)
+  pred = np.asarray(pred, np.float32)
+  mask = np.asarray(mask)
+  if scale is None:
+    scale = max(1, math.ceil(MIN_TILE_PX / images.shape[1]))
+  target = masking.patchify(_to_normalised(images), patch_size)
+  if norm_pix_loss:
+    mean = target.mean(axis=-1, keepdims=True)
+    pred = pred * np.sqrt(target.var(axis=-1, keepdims=True) + NORM_PIX_EPS) + mean
+  recon = _to_uint8(masking.unpatchify(pred, patch_size))
+  removed = masking.unpatchify(np.broadcast_to(mask[..., None] > 0.5, pred.shape), patch_size)
+  masked = np.where(removed, np.uint8(GREY), images)
+  pasted = np.where(removed, recon, images)
+  columns = [images, masked, recon, pasted]
+  return _tile_grid([[_upsample(col[i], scale) for col in columns] for i in range(len(images))], gap)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'mask_ratio'))
+def _reconstruct(model, params, images: jax.Array, seed: jax.Array, mask_ratio: float):
+  ids_keep, mask, ids_restore = masking.random_masking(jax.random.key(seed), images.shape[0], model.num_patches,
+                                                       mask_ratio)
+  pred = model.apply({'params': params}, normalize(images), ids_keep, ids_restore, method=model.reconstruct)
+  return pred, mask
+
+
+def reconstruct(model, params, images_uint8: np.ndarray, *, mask_ratio: float,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """-> (pred float32 [n, N, p*p*3], mask float32 [n, N]) for `reconstruction_grid`.
+
+  The masks depend only on `seed` and n, so a fixed set of images gives comparable grids across epochs.
+  """
+  pred, mask = _reconstruct(model, params, jnp.asarray(images_uint8), jnp.int32(seed), mask_ratio)
+  return np.asarray(jax.device_get(pred)), np.asarray(jax.device_get(mask))
+
+
+def save_png(path: str, image_uint8: np.ndarray) -> None:
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  matplotlib.image.imsave(path, np.asarray(image_uint8, np.uint8))
+
+
+def load_history(workdir: str) -> dict:
+  path = os.path.join(workdir, 'history.json')
+  if not os.path.exists(path):
+    raise UserError(f'no history.json in {workdir}: train first (--mode=train) or point --workdir at a run')
+  try:
+    with open(path) as f:
+      history = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path} is not valid JSON ({e}): it was not written by the trainer') from None
+  if not history.get('epochs'):
+    raise UserError(f'{path} has no epoch records yet: let training reach its first evaluation')
+  return history
+
+
+def _new_figure() -> tuple[Figure, Any]:
+  fig = Figure(figsize=FIG_SIZE_IN, dpi=FIG_DPI, layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, out_dir: str, name: str) -> str:
+  path = os.path.join(out_dir, name)
+  fig.savefig(path, dpi=FIG_DPI)
+  return path
+
+
+def _series(records: list[dict], key: str, scale: float = 1.0, shift: float = 0.0) -> tuple[list, list]:
+  """(x, y) of the records where `key` is not null; nulls are skipped so sparse evaluations still join up."""
+  pts = [(r['epoch'] + shift, r[key] * scale) for r in records if r.get(key) is not None]
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _gate_spans(records: list[dict]) -> list[tuple[int, int]]:
+  """[start, end) epoch intervals with the gate open; a record's flag covers the epoch that follows it."""
+  spans: list[tuple[int, int]] = []
+  for r in records:
+    if not r.get('gate_open'):
+      continue
+    if spans and spans[-1][1] == r['epoch']:
+      spans[-1] = (spans[-1][0], r['epoch'] + 1)
+    else:
+      spans.append((r['epoch'], r['epoch'] + 1))
+  return spans
+
+
+def _shade_gate(ax, records: list[dict]) -> None:
+  for i, (start, end) in enumerate(_gate_spans(records)):
+    ax.axvspan(start, end, color=GATE_COLOUR, alpha=0.12, lw=0, label='gate open' if i == 0 else None)
+
+
+def _mark_gate_opening(ax, history: dict) -> None:
+  opened = history.get('gate_opened_at_epoch')
+  if opened is not None:
+    ax.axvline(opened, color=GATE_COLOUR, ls='--', lw=1.5, label=f'gate opened (epoch {opened})')
+
+
+def _title(history: dict, what: str) -> str:
+  return f'{history.get("dataset", "?")} / {history.get("method", "?")}: {what}'
+
+
+def _legend(ax, handles=None, labels=None, **kwargs) -> None:
+  if handles is None:
+    handles, labels = ax.get_legend_handles_labels()
+  if handles:
+    ax.legend(handles, labels, **kwargs)
+
+
+def _plot_accuracy(history: dict, out_dir: str) -> str:
+  records = history['epochs']
+  fig, ax = _new_figure()
+  _shade_gate(ax, records)
+  ax.plot(*_series(records, 'train_labeled_accuracy', 100, TRAIN_SHIFT), 'o-', color='0.5', ms=3,
+          label='train, labeled (epoch mean)')
+  ax.plot(*_series(records, 'val_accuracy', 100), 'o-', color='C0', ms=4, label='validation')
+  ax.plot(*_series(records, 'test_accuracy', 100), 's-', color='C1', ms=4, label='test')
+  _mark_gate_opening(ax, history)
+  ax.set(title=_title(history, 'accuracy'), xlabel='epoch', ylabel='accuracy (%)', ylim=(0, 100))
+  _legend(ax, loc='best')
+  return _save(fig, out_dir, 'accuracy.png')
+
+
+def _plot_pseudo_labels(history: dict, out_dir: str) -> str:
+  records = history['epochs']
+  fig, ax = _new_figure()
+  _shade_gate(ax, records)
+  ax.plot(*_series(records, 'pseudo_labels_total'), 'o-', color='C2', ms=4, label='pseudo-labels (total)')
+  _mark_gate_opening(ax, history)
+  ax.set(title=_title(history, 'pseudo-labels'), xlabel='epoch', ylabel='pseudo-labelled examples')
+  ax.set_ylim(bottom=0)
+  handles, labels = ax.get_legend_handles_labels()
+  xs, ys = _series(records, 'pseudo_label_precision', 100)
+  if xs:
+    twin = ax.twinx()
+    twin.plot(xs, ys, 'd-', color='C3', ms=4, label='precision (hidden labels)')
+    twin.set(ylabel='precision (%)', ylim=(0, 100))
+    more_handles, more_labels = twin.get_legend_handles_labels()
+    handles, labels = handles + more_handles, labels + more_labels
+  _legend(ax, handles, labels, loc='upper left')
+  return _save(fig, out_dir, 'pseudo_labels.png')
+
+
+def _plot_pseudo_label_classes(history: dict, out_dir: str) -> str:
+  last = history['epochs'][-1]
+  counts = np.asarray(last['pseudo_labels_per_class'], np.float64)
+  num_classes = len(counts)
+  names = list(history.get('class_names') or range(num_classes))
+  x = np.arange(num_classes)
+  fig, ax = _new_figure()
+  true_counts = history.get('unlabeled_class_counts')
+  if true_counts is not None:
+    true_counts = np.asarray(true_counts, np.float64)
+    expected = true_counts / max(true_counts.sum(), 1.0) * counts.sum()
+    ax.bar(x - 0.2, counts, 0.4, color='C2', label='pseudo-labels')
+    ax.bar(x + 0.2, expected, 0.4, color='0.6', label='true class balance of the unlabeled pool, same total')
+  else:
+    ax.bar(x, counts, 0.8, color='C2', label='pseudo-labels')
+  if num_classes > 20:
+    ax.set_xticks([])
+    ax.set_xlabel(f'class ({num_classes} classes)')
+  else:
+    ax.set_xticks(x, [str(n) for n in names], rotation=45 if num_classes > 10 else 0,
+                  ha='right' if num_classes > 10 else 'center')
+    ax.set_xlabel('class')
+  ax.set(title=_title(history, f'pseudo-labels per class at epoch {last["epoch"]} (total {int(counts.sum())})'),
+         ylabel='pseudo-labelled examples')
+  _legend(ax, loc='best')
+  return _save(fig, out_dir, 'pseudo_label_classes.png')
+
+
+def _plot_hca(history: dict, out_dir: str) -> str:
+  records = history['epochs']
+  fig, ax = _new_figure()
+  _shade_gate(ax, records)
+  confidence = history.get('gate_confidence')
+  what = f'confidence > {confidence}' if confidence is not None else 'confident examples'
+  ax.plot(*_series(records, 'val_hca', 100), 'o-', color='C0', ms=4, label=f'validation HCA ({what})')
+  threshold = history.get('gate_threshold')
+  if threshold is not None:
+    ax.axhline(threshold * 100, color='C3', ls=':', lw=1.5, label=f'gate threshold {threshold:g}')
+  _mark_gate_opening(ax, history)
+  ax.set(title=_title(history, 'high-confidence accuracy (opens the gate)'), xlabel='epoch', ylabel='HCA (%)',
+         ylim=(0, 100))
+  _legend(ax, loc='best')
+  return _save(fig, out_dir, 'hca.png')
+
+
+def _plot_losses(history: dict, out_dir: str) -> str:
+  records = history['epochs']
+  fig, ax = _new_figure()
+  _shade_gate(ax, records)
+  for key, label, style in (('train_loss', 'total', 'o-'), ('train_rec_loss', 'reconstruction', 's-'),
+                            ('train_cls_loss', 'classification', 'd-')):
+    ax.plot(*_series(records, key, 1.0, TRAIN_SHIFT), style, ms=4, label=label)
+  if not any(r.get('train_loss') is not None for r in records):
+    ax.text(0.5, 0.5, 'no completed training epoch yet', transform=ax.transAxes, ha='center', va='center')
+  ax.set(title=_title(history, 'training losses (epoch means)'), xlabel='epoch', ylabel='loss')
+  _legend(ax, loc='best')
+  return _save(fig, out_dir, 'losses.png')
+
+
+def plot_history(history: dict, out_dir: str) -> list[str]:
+  """Writes accuracy, pseudo-label, per-class, HCA and loss PNGs (about 800x500 px) to `out_dir`; their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  return [plot(history, out_dir) for plot in (_plot_accuracy, _plot_pseudo_labels, _plot_pseudo_label_classes,
+                                              _plot_hca, _plot_losses)]
