@@ -10,11 +10,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file, e.g. configs/cifar10.py.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.json (resumes if it holds a run).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (or resume) | eval: a checkpoint on the test split.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'reconstruct', 'plots'],
+                  'train (or resume) | eval: a checkpoint on the test split | reconstruct: a reconstruction grid of '
+                  'the latest checkpoint | plots: curves from the workdir\'s history.json (WORKDIR/figures/).')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint --mode=eval evaluates.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -33,16 +36,23 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; our own lines are printed.
   import tensorflow as tf
   # tf.data only runs on the host; the accelerators belong to JAX.
   tf.config.set_visible_devices([], 'GPU')
   from ssmae_jax import train
   from ssmae_jax.errors import UserError
   try:
-    if flags.FLAGS.mode == 'train':
-      train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    mode, config, workdir = flags.FLAGS.mode, flags.FLAGS.config, flags.FLAGS.workdir
+    if mode == 'train':
+      train.train_and_evaluate(config, workdir)
+    elif mode == 'eval':
+      train.evaluate(config, workdir, flags.FLAGS.checkpoint)
+    elif mode == 'reconstruct':
+      train.reconstruct(config, workdir)
     else:
-      train.evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.checkpoint)
+      train.plots(workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -8,7 +8,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = 'ssmae'
+  c.method = 'ssmae'  # 'ssmae' | 'supervised' | 'mae_pretrain' | 'finetune'
+  # Workdir of a finished run whose encoder and decoder initialise this one (finetune; optional elsewhere).
+  c.init_from = ml_collections.FieldReference(None, field_type=str)
   c.seed = 0
 
   # Data.

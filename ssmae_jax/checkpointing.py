@@ -79,3 +79,31 @@ class Checkpoints:
 def _shape_mismatch(e: Exception) -> bool:
   text = str(e).lower()
   return 'shape' in text and ('mismatch' in text or 'does not match' in text or 'incompatible' in text)
+
+
+def load_pretrained(path: str, fresh_params: dict) -> dict:
+  """`fresh_params` with the encoder and decoder of the latest checkpoint of the run at `path` (its workdir).
+
+  The classifier head stays freshly initialised: the source may have been trained for other classes, or not
+  for classification at all (mae_pretrain).
+  """
+  path = os.path.abspath(path)
+  directory = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=('state', 'meta')) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager else None
+  if step is None:
+    raise UserError(f'config.init_from={path} holds no checkpoint (looked in {directory}): point it at the workdir '
+                    'of a finished run, e.g. an mae_pretrain run.')
+  source = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state['params']
+  manager.close()
+  params = dict(fresh_params)
+  for part in ('encoder', 'decoder'):
+    want = jax.tree.map(lambda x: x.shape, fresh_params[part])
+    got = jax.tree.map(lambda x: x.shape, source.get(part, {}))
+    if want != got:
+      raise UserError(f'config.init_from={path}: its {part} has another shape than this config\'s model '
+                      '(compare config.model and config.image_size with the source run\'s config.json).')
+    params[part] = jax.tree.map(lambda fresh, loaded: jax.device_put(loaded, fresh.sharding).astype(fresh.dtype),
+                                fresh_params[part], source[part])
+  return params

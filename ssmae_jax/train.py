@@ -17,22 +17,27 @@ import numpy as np
 import optax
 
 from ssmae_jax import checkpointing, configuration, gate, input_pipeline, masking, models, sharding, steps
-from ssmae_jax import train_state
+from ssmae_jax import train_state, visualize
 from ssmae_jax.errors import UserError
 
 PREFETCH_TO_DEVICE = 2
+NUM_FIGURE_IMAGES = 8  # Validation images shown in every reconstruction grid (the same ones each time).
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  o = config.optimizer
+  if o.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps,
+                                              max(total_steps, o.warmup_steps + 1))
+  if o.warmup_steps:
+    return optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
+  return optax.constant_schedule(o.learning_rate)
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   o = config.optimizer
-  if o.schedule == 'cosine':
-    lr = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, max(total_steps, o.warmup_steps + 1))
-  elif o.warmup_steps:
-    lr = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
-  else:
-    lr = o.learning_rate
   # Weight decay on every parameter, as torch.optim.AdamW(model.parameters()) in the reference.
-  adamw = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+  adamw = optax.adamw(learning_rate_schedule(config, total_steps), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
   if o.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
   return adamw
@@ -152,8 +157,13 @@ class Run:
     self.tx = make_optimizer(config, self.total_steps)
     self.pool_size = len(self.splits.unlabeled_idx)
     self.state = init_state(self.model, self.tx, config, self.pool_size, self.mesh)
+    if config.init_from and training:
+      self.state = self.state.replace(params=checkpointing.load_pretrained(config.init_from, self.state.params))
     self.eval_step = steps.make_eval_step(self.model, config, self.mesh)
     self.checkpoints = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+    shown = self.splits.val_idx if len(self.splits.val_idx) else self.splits.labeled_idx
+    self.figure_images = self.splits.train_images[shown[:NUM_FIGURE_IMAGES]]
+    self.figures_dir = os.path.join(workdir, 'figures')
     hidden = self.splits.train_labels[self.splits.unlabeled_idx].astype(np.int32)
     self.hidden_labels = jax.device_put(hidden, sharding.replicated(self.mesh))
 
@@ -243,6 +253,8 @@ class Run:
     results = self._results(meta, cfg_dict)
     writer.flush()
     if self.is_main:
+      visualize.plot_history(visualize.load_history(self.workdir), self.figures_dir)
+    if self.is_main:
       with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
     self._print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels '
@@ -271,6 +283,7 @@ class Run:
     epoch_sums['steps'] = epoch_sums.get('steps', 0) + steps_in_window
     means = {k: v / steps_in_window for k, v in sums.items()}
     means['steps_per_sec'] = steps_per_sec
+    means['learning_rate'] = float(learning_rate_schedule(self.config, self.total_steps)(done))
     writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
     eta = (self.total_steps - done) / steps_per_sec
     self._print(f'step {done}/{self.total_steps} | epoch {done / self.steps_per_epoch:.2f} | '
@@ -315,11 +328,23 @@ class Run:
     writer.write_scalars(int(self.state.step), {
         f'epoch/{k}': float(v) for k, v in record.items()
         if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class')})
+    _, grid = self.reconstruction_figure(self.state.params, f'reconstruction_epoch_{epoch:03d}.png')
+    writer.write_images(int(self.state.step), {'reconstruction': grid[None]})
     self._write_history(meta)
     self._print(f'epoch {epoch}{" (final)" if final else ""} | val acc {_pct(val_acc)} | HCA {_pct(hca)} '
                 f'({record["val_num_confident"]} confident) | gate {"open" if record["gate_open"] else "closed"} | '
                 f'test acc {_pct(record["test_accuracy"])} | pseudo-labels {total} (+{record["pseudo_labels_new"]}, '
                 f'precision {_pct(precision)})')
+
+  def reconstruction_figure(self, params, name: str):
+    """original | masked | reconstruction | visible pasted back, for the fixed validation images -> PNG path, grid."""
+    pred, mask = visualize.reconstruct(self.model, params, self.figure_images, mask_ratio=self.config.mask_ratio)
+    grid = visualize.reconstruction_grid(self.figure_images, pred, mask, self.model.patch_size,
+                                         norm_pix_loss=self.config.norm_pix_loss)
+    path = os.path.join(self.figures_dir, name)
+    if self.is_main:
+      visualize.save_png(path, grid)
+    return path, grid
 
   def _write_history(self, meta: dict) -> None:
     """WORKDIR/history.json, rewritten at every epoch: what the plots of a running or finished run read."""
@@ -417,12 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best') -> dict:
   """Evaluates the best (or latest) checkpoint of a workdir on the test split."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise UserError(f'No checkpoints in --workdir={workdir}: train first (--mode=train) or point at a run.')
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.allow_config_change = True
-  run = Run(config, workdir, training=False)
+  run = _run_for_reading(config, workdir)
   params, step = run.checkpoints.restore_params(which, run.state) or (None, None)
   if params is None:
     raise UserError(f'No readable checkpoint in --workdir={workdir}: train first (--mode=train).')
@@ -438,3 +458,31 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best
              f'val accuracy {_pct(out["val_accuracy"])}.')
   run.checkpoints.close()
   return out
+
+
+def reconstruct(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Reconstruction grid of the latest checkpoint -> WORKDIR/figures/reconstruction_step_N.png."""
+  run = _run_for_reading(config, workdir)
+  params, step = run.checkpoints.restore_params('latest', run.state) or (None, None)
+  if params is None:
+    raise UserError(f'No readable checkpoint in --workdir={workdir}: train first (--mode=train).')
+  path, _ = run.reconstruction_figure(params, f'reconstruction_step_{step}.png')
+  run._print(f'Wrote {path}')
+  run.checkpoints.close()
+  return path
+
+
+def plots(workdir: str) -> list[str]:
+  """Curves of a finished or running workdir from its history.json -> WORKDIR/figures/*.png."""
+  paths = visualize.plot_history(visualize.load_history(workdir), os.path.join(workdir, 'figures'))
+  print('Wrote ' + ', '.join(paths))
+  return paths
+
+
+def _run_for_reading(config: ml_collections.ConfigDict, workdir: str) -> 'Run':
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'No checkpoints in --workdir={workdir}: train first (--mode=train) or point at a run.')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.allow_config_change = True
+  return Run(config, workdir, training=False)

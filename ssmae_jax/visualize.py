@@ -27,11 +27,14 @@ GAP_COLOUR = 255
 MIN_TILE_PX = 96
 FIG_SIZE_IN = (8.0, 5.0)
 FIG_DPI = 100
-# Matches losses.reconstruction_loss, so de-normalising undoes exactly what the targets went through.
+# losses.reconstruction_loss's norm_pix targets are (x - mean) / sqrt(var(ddof=1) + eps): undone exactly below.
 NORM_PIX_EPS = 1e-6
-GATE_COLOUR = '#2ca02c'
+# Gold: unlike the tab10 colours of the curves, so the shading never reads as part of a series.
+GATE_COLOUR = '#e6a800'
 # Train metrics are means over the epoch that ended at the record, so they sit at that epoch's middle.
 TRAIN_SHIFT = -0.5
+# A little above 100 so markers at 100% are not cut in half by the frame.
+PERCENT_YLIM = (0, 104)
 
 _MEAN = np.asarray(IMAGENET_MEAN)
 _STD = np.asarray(IMAGENET_STD)
@@ -83,7 +86,7 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
   target = masking.patchify(_to_normalised(images), patch_size)
   if norm_pix_loss:
     mean = target.mean(axis=-1, keepdims=True)
-    pred = pred * np.sqrt(target.var(axis=-1, keepdims=True) + NORM_PIX_EPS) + mean
+    pred = pred * np.sqrt(target.var(axis=-1, keepdims=True, ddof=1) + NORM_PIX_EPS) + mean
   recon = _to_uint8(masking.unpatchify(pred, patch_size))
   removed = masking.unpatchify(np.broadcast_to(mask[..., None] > 0.5, pred.shape), patch_size)
   masked = np.where(removed, np.uint8(GREY), images)
@@ -164,7 +167,7 @@ def _gate_spans(records: list[dict]) -> list[tuple[int, int]]:
 
 def _shade_gate(ax, records: list[dict]) -> None:
   for i, (start, end) in enumerate(_gate_spans(records)):
-    ax.axvspan(start, end, color=GATE_COLOUR, alpha=0.12, lw=0, label='gate open' if i == 0 else None)
+    ax.axvspan(start, end, color=GATE_COLOUR, alpha=0.15, lw=0, label='gate open' if i == 0 else None)
 
 
 def _mark_gate_opening(ax, history: dict) -> None:
@@ -193,7 +196,7 @@ def _plot_accuracy(history: dict, out_dir: str) -> str:
   ax.plot(*_series(records, 'val_accuracy', 100), 'o-', color='C0', ms=4, label='validation')
   ax.plot(*_series(records, 'test_accuracy', 100), 's-', color='C1', ms=4, label='test')
   _mark_gate_opening(ax, history)
-  ax.set(title=_title(history, 'accuracy'), xlabel='epoch', ylabel='accuracy (%)', ylim=(0, 100))
+  ax.set(title=_title(history, 'accuracy'), xlabel='epoch', ylabel='accuracy (%)', ylim=PERCENT_YLIM)
   _legend(ax, loc='best')
   return _save(fig, out_dir, 'accuracy.png')
 
@@ -211,7 +214,7 @@ def _plot_pseudo_labels(history: dict, out_dir: str) -> str:
   if xs:
     twin = ax.twinx()
     twin.plot(xs, ys, 'd-', color='C3', ms=4, label='precision (hidden labels)')
-    twin.set(ylabel='precision (%)', ylim=(0, 100))
+    twin.set(ylabel='precision (%)', ylim=PERCENT_YLIM)
     more_handles, more_labels = twin.get_legend_handles_labels()
     handles, labels = handles + more_handles, labels + more_labels
   _legend(ax, handles, labels, loc='upper left')
@@ -225,21 +228,26 @@ def _plot_pseudo_label_classes(history: dict, out_dir: str) -> str:
   names = list(history.get('class_names') or range(num_classes))
   x = np.arange(num_classes)
   fig, ax = _new_figure()
+  tallest = counts.max(initial=1.0)
   true_counts = history.get('unlabeled_class_counts')
   if true_counts is not None:
     true_counts = np.asarray(true_counts, np.float64)
     expected = true_counts / max(true_counts.sum(), 1.0) * counts.sum()
     ax.bar(x - 0.2, counts, 0.4, color='C2', label='pseudo-labels')
     ax.bar(x + 0.2, expected, 0.4, color='0.6', label='true class balance of the unlabeled pool, same total')
+    tallest = max(tallest, expected.max(initial=0.0))
   else:
     ax.bar(x, counts, 0.8, color='C2', label='pseudo-labels')
   if num_classes > 20:
     ax.set_xticks([])
     ax.set_xlabel(f'class ({num_classes} classes)')
   else:
-    ax.set_xticks(x, [str(n) for n in names], rotation=45 if num_classes > 10 else 0,
-                  ha='right' if num_classes > 10 else 'center')
+    # Upright names collide from about six classes on (CIFAR-10's 'airplane' and 'automobile' already do).
+    ax.set_xticks(x, [str(n) for n in names], rotation=30 if num_classes > 5 else 0,
+                  ha='right' if num_classes > 5 else 'center', rotation_mode='anchor')
     ax.set_xlabel('class')
+  # Headroom above the tallest bar keeps the legend off the bars.
+  ax.set_ylim(0, 1.3 * tallest)
   ax.set(title=_title(history, f'pseudo-labels per class at epoch {last["epoch"]} (total {int(counts.sum())})'),
          ylabel='pseudo-labelled examples')
   _legend(ax, loc='best')
@@ -258,7 +266,7 @@ def _plot_hca(history: dict, out_dir: str) -> str:
     ax.axhline(threshold * 100, color='C3', ls=':', lw=1.5, label=f'gate threshold {threshold:g}')
   _mark_gate_opening(ax, history)
   ax.set(title=_title(history, 'high-confidence accuracy (opens the gate)'), xlabel='epoch', ylabel='HCA (%)',
-         ylim=(0, 100))
+         ylim=PERCENT_YLIM)
   _legend(ax, loc='best')
   return _save(fig, out_dir, 'hca.png')
 

@@ -192,3 +192,38 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'Resuming from step {stopped_at}' in resumed.stdout
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 40
+
+
+@needs_cifar10
+def test_figures_and_tensorboard_of_a_run(smoke_run):
+  import matplotlib.image
+  import tensorflow as tf
+  config, workdir, _ = smoke_run
+  figures = os.path.join(workdir, 'figures')
+  for name in ('reconstruction_epoch_000.png', 'reconstruction_epoch_001.png', 'accuracy.png', 'pseudo_labels.png',
+               'pseudo_label_classes.png', 'hca.png', 'losses.png'):
+    image = matplotlib.image.imread(os.path.join(figures, name))
+    assert image.std() > 0.02, name
+  tags, images = set(), 0
+  for name in os.listdir(workdir):
+    if name.startswith('events.out.tfevents'):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for value in event.summary.value:
+          tags.add(value.tag)
+          images += value.tag == 'reconstruction'
+  for tag in ('train/loss', 'train/rec_loss', 'train/cls_loss', 'train/grad_norm', 'train/steps_per_sec', 'train/learning_rate',
+              'epoch/val_accuracy', 'epoch/val_hca', 'epoch/gate_open', 'epoch/pseudo_labels_total',
+              'epoch/pseudo_labels_new', 'epoch/pseudo_label_precision', 'epoch/test_accuracy'):
+    assert tag in tags, tag
+  assert images == 2  # One grid per evaluation.
+
+  path = train.reconstruct(config, workdir)
+  assert path.endswith('reconstruction_step_20.png') and os.path.exists(path)
+  assert len(train.plots(workdir)) == 5
+
+
+def test_reconstruct_and_plots_on_an_empty_workdir_are_clear(tmp_path):
+  with pytest.raises(UserError, match='No checkpoints'):
+    train.reconstruct(tiny_config(), str(tmp_path))
+  with pytest.raises(UserError, match='no history.json'):
+    train.plots(str(tmp_path))

@@ -66,7 +66,7 @@ def test_grid_reconstruction_of_a_perfect_prediction_is_the_original(norm_pix_lo
   images, mask = _images(2), _mask(2)
   pred = _perfect_pred(images)
   if norm_pix_loss:
-    pred = (pred - pred.mean(-1, keepdims=True)) / np.sqrt(pred.var(-1, keepdims=True) + 1e-6)
+    pred = (pred - pred.mean(-1, keepdims=True)) / np.sqrt(pred.var(-1, keepdims=True, ddof=1) + 1e-6)
   grid = visualize.reconstruction_grid(images, pred, mask, PATCH, norm_pix_loss=norm_pix_loss, scale=1, gap=2)
   for i in range(2):
     recon = _tile(grid, i, 2, SIZE, 2)

@@ -1,0 +1,81 @@
+"""The paper's table from finished runs: `python -m ssmae_jax.report WORKDIR [WORKDIR ...]`.
+
+Reads each WORKDIR/results.json (a directory is searched recursively), groups the runs by dataset, method and label
+fraction, and prints a markdown table of test accuracy (mean ± std over seeds, n runs) beside the paper's numbers.
+"""
+
+import collections
+import glob
+import json
+import os
+import statistics
+import sys
+
+# Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (DESIGN.md §1). Percent.
+PAPER = {
+    ('cifar10', 'ssmae'): {0.1: 56.80, 0.2: 66.4, 0.3: 71.83, 0.4: 74.67},
+    ('cifar10', 'supervised'): {0.1: 47.56},
+    ('cifar10', 'finetune'): {0.1: 54.84},
+    ('cifar100', 'ssmae'): {0.1: 22.65, 0.2: 32.41, 0.3: 35.31, 0.4: 41.27},
+    ('cifar100', 'supervised'): {0.1: 20.86},
+    ('cifar100', 'finetune'): {0.1: 21.72},
+}
+METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
+
+
+def find_results(paths: list[str]) -> list[str]:
+  found = []
+  for path in paths:
+    if os.path.isfile(path):
+      found.append(path)
+    else:
+      found += sorted(glob.glob(os.path.join(path, '**', 'results.json'), recursive=True))
+  return found
+
+
+def load(paths: list[str]) -> list[dict]:
+  runs = []
+  for path in find_results(paths):
+    with open(path) as f:
+      r = json.load(f)
+    if r.get('test_accuracy') is None:
+      continue
+    runs.append(dict(dataset=r['dataset'], method=r.get('method', 'ssmae'), label_fraction=r['label_fraction'],
+                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path))
+  return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single run)."""
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(runs: list[dict]) -> str:
+  groups = collections.defaultdict(list)
+  for r in runs:
+    groups[(r['dataset'], r['method'], round(r['label_fraction'], 4))].append(r['test_accuracy'])
+  order = lambda k: (k[0], METHOD_ORDER.index(k[1]) if k[1] in METHOD_ORDER else len(METHOD_ORDER), k[1], k[2])
+  lines = ['| dataset | method | labels | test accuracy (%) | runs | paper (%) |', '|---|---|---|---|---|---|']
+  for key in sorted(groups, key=order):
+    dataset, method, fraction = key
+    mean, std = mean_std(groups[key])
+    paper = PAPER.get((dataset, method), {}).get(fraction)
+    lines.append(f'| {dataset} | {method} | {100 * fraction:g}% | {mean:.2f} ± {std:.2f} | {len(groups[key])} | '
+                 f'{"—" if paper is None else f"{paper:.2f}"} |')
+  return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> int:
+  if not argv:
+    print('usage: python -m ssmae_jax.report WORKDIR [WORKDIR ...]', file=sys.stderr)
+    return 2
+  runs = load(argv)
+  if not runs:
+    print(f'error: no finished run (results.json with a test accuracy) under {" ".join(argv)}', file=sys.stderr)
+    return 2
+  print(table(runs))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
