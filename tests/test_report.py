@@ -32,3 +32,21 @@ def test_table_means_stds_and_paper_numbers(tmp_path, capsys):
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
   assert report.main([str(tmp_path)]) == 2
   assert 'no finished run' in capsys.readouterr().err
+
+
+def test_table_launcher_orders_runs_and_feeds_finetune_the_pretrained_run(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = tmp_path / 'cifar10' / 'ssmae' / 'labels0.2' / 'seed0'
+  write(done, dataset='cifar10', method='ssmae', label_fraction=0.2, seed=0, test_accuracy=0.5)
+  out = subprocess.run(
+      [sys.executable, 'scripts/run_table.py', '--config=configs/smoke.py', f'--root={tmp_path}',
+       '--fractions=0.1,0.2', '--seeds=0', '--methods=finetune,ssmae', '--dry_run', '--', '--config.num_steps=7'],
+      cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+  assert [l.split('--config.method=')[1].split()[0] for l in out] == ['mae_pretrain', 'finetune', 'ssmae', 'finetune']
+  pretrain_dir = str(tmp_path / 'cifar10' / 'mae_pretrain' / 'all' / 'seed0')
+  assert f'--workdir={pretrain_dir}' in out[0]
+  assert f'--config.init_from={pretrain_dir}' in out[1] and '--config.label_fraction=0.1' in out[1]
+  assert all(l.endswith('--config.num_steps=7') for l in out)  # Extra arguments reach every run, last.

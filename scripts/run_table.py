@@ -1,0 +1,80 @@
+"""Launches every run of the paper's table for one config, one after another, then prints the table.
+
+  TFDS_DATA_DIR=../shared/tfds python scripts/run_table.py --config=configs/cifar10.py --root=/tmp/table \\
+      --fractions=0.1,0.2,0.3,0.4 --seeds=0,1,2 --methods=supervised,mae_pretrain,finetune,ssmae [-- --config.x=y]
+
+Each run is `main.py` in its own workdir ROOT/<dataset>/<method>/labels<fraction>/seed<seed>, so an interrupted
+table resumes where it stopped (finished runs are skipped, a half-done one resumes from its checkpoint).
+`finetune` starts from the `mae_pretrain` run of the same seed (pre-training uses all images, so it does not
+depend on the label fraction and runs once per seed). Arguments after `--` go to every run.
+On a TPU/GPU host run it as it is: each run uses all local devices. To spread runs over several hosts, give each
+host a different --seeds or --fractions.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ssmae_jax import report  # noqa: E402
+
+
+def runs(methods: list[str], fractions: list[float], seeds: list[int]):
+  """(method, fraction or None, seed) in dependency order: pre-training before fine-tuning."""
+  for seed in seeds:
+    if 'mae_pretrain' in methods or 'finetune' in methods:
+      yield 'mae_pretrain', None, seed
+    for fraction in fractions:
+      for method in methods:
+        if method != 'mae_pretrain':
+          yield method, fraction, seed
+
+
+def workdir(root: str, dataset: str, method: str, fraction: float | None, seed: int) -> str:
+  labels = 'all' if fraction is None else f'labels{fraction:g}'
+  return os.path.join(root, dataset, method, labels, f'seed{seed}')
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', required=True)
+  parser.add_argument('--root', required=True)
+  parser.add_argument('--dataset', default='cifar10')
+  parser.add_argument('--methods', default='supervised,mae_pretrain,finetune,ssmae')
+  parser.add_argument('--fractions', default='0.1,0.2,0.3,0.4')
+  parser.add_argument('--seeds', default='0')
+  parser.add_argument('--dry_run', action='store_true', help='print the commands only')
+  args, extra = parser.parse_known_args()
+  extra = [a for a in extra if a != '--']
+  methods = args.methods.split(',')
+  unknown = set(methods) - {'supervised', 'mae_pretrain', 'finetune', 'ssmae'}
+  if unknown:
+    parser.error(f'unknown methods {sorted(unknown)}')
+  fractions = [float(f) for f in args.fractions.split(',')]
+  seeds = [int(s) for s in args.seeds.split(',')]
+
+  for method, fraction, seed in runs(methods, fractions, seeds):
+    wd = workdir(args.root, args.dataset, method, fraction, seed)
+    if os.path.exists(os.path.join(wd, 'results.json')):
+      continue
+    command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
+               f'--config.method={method}', f'--config.dataset={args.dataset}', f'--config.seed={seed}']
+    if fraction is not None:
+      command.append(f'--config.label_fraction={fraction}')
+    if method == 'finetune':  # The paper's fine-tuning recipe; arguments after -- still override it.
+      command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed)}',
+                  '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
+    command += extra
+    print('+ ' + ' '.join(command), flush=True)
+    if not args.dry_run:
+      subprocess.run(command, check=True)
+  if args.dry_run:
+    return 0
+  return report.main([args.root])
+
+
+if __name__ == '__main__':
+  sys.exit(main())
