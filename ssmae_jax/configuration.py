@@ -8,7 +8,7 @@ import ml_collections
 from ssmae_jax import gate, masking
 from ssmae_jax.errors import UserError
 
-METHODS = ('ssmae',)
+METHODS = ('ssmae', 'supervised', 'mae_pretrain', 'finetune')
 # Fields a resumed run may change without --config.allow_config_change=True: they do not change what is learned.
 RESUME_SAFE_FIELDS = ('allow_config_change', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                       'test_every_epochs', 'eval_batch_size', 'data_dir')
@@ -17,6 +17,9 @@ RESUME_SAFE_FIELDS = ('allow_config_change', 'log_every_steps', 'checkpoint_ever
 def validate(config: ml_collections.ConfigDict) -> None:
   if config.method not in METHODS:
     raise UserError(f'config.method={config.method!r} is unknown: use one of {", ".join(METHODS)}.')
+  if config.method == 'finetune' and not config.init_from:
+    raise UserError('config.method=finetune needs config.init_from: the workdir of the run to start from '
+                    '(e.g. an mae_pretrain run).')
   if config.gate not in gate.GATE_MODES:
     raise UserError(f'config.gate={config.gate!r} is unknown: use one of {", ".join(gate.GATE_MODES)}.')
   p = config.model.patch_size

@@ -116,7 +116,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
     params = optax.apply_updates(state.params, updates)
     pseudo_labels = gate.update_memory(state.pseudo_labels, idx, targets, new)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, pseudo_labels=pseudo_labels)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = dict(
         loss=loss,
         rec_loss=rec,

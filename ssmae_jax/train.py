@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssmae_jax import checkpointing, configuration, gate, input_pipeline, masking, models, sharding, steps
-from ssmae_jax import train_state, visualize
+from ssmae_jax import baselines, checkpointing, configuration, gate, input_pipeline, masking, models, sharding
+from ssmae_jax import steps, train_state, visualize
 from ssmae_jax.errors import UserError
 
 PREFETCH_TO_DEVICE = 2
@@ -201,10 +201,11 @@ class Run:
     if start_step == 0:
       writer.write_hparams({k: v for k, v in _flatten(cfg_dict).items() if isinstance(v, (int, float, str, bool))})
 
-    train_step = steps.make_train_step(self.model, self.tx, config, self.mesh)
+    train_step = baselines.make_step(self.model, self.tx, config, self.mesh)
     batches = prefetch_to_device(input_pipeline.train_iterator(
-        self.splits, config, start_step, process_index=jax.process_index(),
-        process_count=jax.process_count()), self.mesh)
+        self.splits, config, start_step, process_index=jax.process_index(), process_count=jax.process_count(),
+        need_labeled=config.method != 'mae_pretrain', need_unlabeled=config.method in ('ssmae', 'mae_pretrain')),
+        self.mesh)
     self._print(f'{self.total_steps} steps ({self.num_epochs} epochs of {self.steps_per_epoch}), '
                 f'{len(self.splits.labeled_idx)} labeled, {len(self.splits.val_idx)} validation, '
                 f'{self.pool_size} unlabeled, {jax.device_count()} devices.')
@@ -294,10 +295,12 @@ class Run:
   def _epoch_boundary(self, epoch: int, meta: dict, writer, start_wall: float, final: bool = False) -> None:
     """Validation at the start of `epoch`: decides the gate for the epoch and the best checkpoint."""
     config = self.config
-    val = self.evaluate(self.state.params, 'val')
+    classifies = config.method != 'mae_pretrain'  # MAE pre-training never trains the head: nothing to evaluate.
+    val = self.evaluate(self.state.params, 'val') if classifies else None
     val_acc = val['accuracy'] if val else None
     hca = val['high_conf_accuracy'] if val else 0.0
-    is_open = gate.gate_open_for_epoch(config.gate, epoch, config.warmup_epochs, hca, config.gate_threshold)
+    is_open = config.method == 'ssmae' and gate.gate_open_for_epoch(config.gate, epoch, config.warmup_epochs, hca,
+                                                                    config.gate_threshold)
     if not final:
       repl = sharding.replicated(self.mesh)
       self.state = self.state.replace(gate_open=jax.device_put(np.bool_(is_open), repl),
@@ -305,7 +308,7 @@ class Run:
       if is_open and meta['gate_opened_at_epoch'] is None:
         meta['gate_opened_at_epoch'] = epoch
     test_due = final or (config.test_every_epochs and epoch % config.test_every_epochs == 0)
-    test = self.evaluate(self.state.params, 'test') if test_due else None
+    test = self.evaluate(self.state.params, 'test') if test_due and classifies else None
     total, precision = self.pseudo_label_stats()
     per_class = [int(x) for x in gate.memory_class_counts(self.state.pseudo_labels, self.splits.num_classes)]
     epoch_sums, meta['epoch_sums'] = meta['epoch_sums'], {}

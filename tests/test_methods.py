@@ -1,0 +1,131 @@
+"""The paper's baselines and ablation switches in the one trainer, end to end at smoke scale on real CIFAR-10."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from ssmae_jax import input_pipeline, train
+from ssmae_jax.errors import UserError
+
+needs_cifar10 = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(os.environ.get('TFDS_DATA_DIR', ''), 'cifar10')),
+    reason='CIFAR-10 is not prepared in $TFDS_DATA_DIR (CI uses ../shared/tfds)')
+pytestmark = needs_cifar10
+
+
+@pytest.fixture(autouse=True, scope='module')
+def decode_cifar10_once():
+  load, cache = input_pipeline._load, {}
+
+  def cached(builder, split):
+    key = (str(builder.data_dir), split)
+    if key not in cache:
+      cache[key] = load(builder, split)
+    return cache[key]
+
+  input_pipeline._load = cached
+  yield
+  input_pipeline._load = load
+
+
+@pytest.fixture
+def batches_seen(monkeypatch):
+  """Records what the trainer asks the input pipeline for, and the keys of every batch it gets."""
+  seen = dict(kwargs=[], keys=set())
+  make = input_pipeline.train_iterator
+
+  def recording(*args, **kwargs):
+    seen['kwargs'].append(kwargs)
+    for batch in make(*args, **kwargs):
+      seen['keys'] |= set(batch)
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, 'train_iterator', recording)
+  return seen
+
+
+def config_for(method, **overrides):
+  c = smoke.get_config()
+  c.method = method
+  c.num_steps = 8
+  c.label_fraction = 0.01
+  c.labeled_batch_size = 32
+  c.eval_batch_size = 1000
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 8
+  c.update(overrides)
+  return c
+
+
+def results_of(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
+def test_supervised_never_reads_the_unlabeled_stream(tmp_path, batches_seen):
+  train.train_and_evaluate(config_for('supervised'), str(tmp_path))
+  assert batches_seen['kwargs'][0]['need_unlabeled'] is False
+  assert batches_seen['keys'] == {'labeled_image', 'labeled_label'}
+  results = results_of(tmp_path)
+  assert results['method'] == 'supervised'
+  assert results['pseudo_labels_total'] == 0 and results['gate_opened_at_epoch'] is None
+  assert 0 <= results['test_accuracy'] <= 1
+
+
+def test_mae_pretrain_never_reads_labels_then_finetune_loads_its_encoder(tmp_path, batches_seen):
+  pretrain_dir, finetune_dir = str(tmp_path / 'mae'), str(tmp_path / 'ft')
+  pretrain = train.Run(config_for('mae_pretrain'), pretrain_dir)
+  pretrain.train()
+  assert batches_seen['kwargs'][0]['need_labeled'] is False
+  assert not any(k.startswith('labeled_') for k in batches_seen['keys'])
+  results = results_of(pretrain_dir)
+  assert results['method'] == 'mae_pretrain' and results['test_accuracy'] is None
+  assert results['history'][-1]['train_rec_loss'] > 0
+
+  finetune = train.Run(config_for('finetune', init_from=pretrain_dir), finetune_dir)
+  fresh = train.Run(config_for('supervised'), str(tmp_path / 'fresh'))
+  for part in ('encoder', 'decoder'):
+    for a, b in zip(jax.tree.leaves(finetune.state.params[part]), jax.tree.leaves(pretrain.state.params[part])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # ...and differs from what a fresh initialisation gives, so the loaded encoder is what fine-tuning starts from.
+  assert not np.allclose(np.asarray(finetune.state.params['encoder']['pos_embed']),
+                         np.asarray(fresh.state.params['encoder']['pos_embed']))
+  loaded_val = finetune.evaluate(finetune.state.params, 'val')
+  assert loaded_val['count'] == len(finetune.splits.val_idx)
+  finetune.train()
+  assert results_of(finetune_dir)['method'] == 'finetune'
+
+
+def test_finetune_errors(tmp_path):
+  with pytest.raises(UserError, match='needs config.init_from'):
+    train.Run(config_for('finetune'), str(tmp_path / 'a'))
+  with pytest.raises(UserError, match='holds no checkpoint'):
+    train.Run(config_for('finetune', init_from=str(tmp_path / 'nowhere')), str(tmp_path / 'b'))
+
+
+def test_init_from_a_model_of_another_shape_is_refused(tmp_path):
+  source = str(tmp_path / 'src')
+  train.train_and_evaluate(config_for('supervised', num_steps=1), source)
+  other = config_for('finetune', init_from=source)
+  other.model.width = 48
+  with pytest.raises(UserError, match='another shape'):
+    train.Run(other, str(tmp_path / 'dst'))
+
+
+def test_gate_never_assigns_no_pseudo_label(tmp_path):
+  results = train.train_and_evaluate(config_for('ssmae', gate='never'), str(tmp_path))
+  assert results['pseudo_labels_total'] == 0 and results['gate_opened_at_epoch'] is None
+
+
+def test_gate_always_open_assigns_from_step_zero(tmp_path):
+  # A warm-up and an unreachable HCA threshold would keep a dynamic gate closed; always_open ignores both.
+  config = config_for('ssmae', gate='always_open', warmup_epochs=100, gate_threshold=2.0, num_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['gate_opened_at_epoch'] == 0
+  assert results['pseudo_labels_total'] > 0
+  dynamic = config_for('ssmae', gate='dynamic', warmup_epochs=100, gate_threshold=2.0, num_steps=2)
+  assert train.train_and_evaluate(dynamic, str(tmp_path / 'dyn'))['pseudo_labels_total'] == 0

@@ -1,0 +1,326 @@
+"""Tests for ssmae_jax.steps: the fast train step against a plain reference of DESIGN.md §1, on a tiny ViT.
+
+The reference below computes every pass (labeled, weak, strong, reconstruction), applies the selection rule with
+masks and writes the sticky memory in a numpy loop: no lax.switch, no skipped work. With SGD at learning rate 1
+the parameter change of one step is the gradient itself, so comparing parameters compares gradients.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh
+
+from configs.default import get_config
+from ssmae_jax import masking, models, sharding, steps, train_state
+
+L, U, POOL, SIZE, CLASSES = 4, 8, 32, 16, 10
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+METRIC_KEYS = {'loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used', 'pseudo_labels_new',
+               'grad_norm', 'nonfinite'}
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def tiny_config(**overrides):
+  c = get_config()
+  c.image_size = SIZE
+  c.labeled_batch_size = L
+  c.unlabeled_batch_size = U
+  c.model.update(dict(patch_size=4, width=32, depth=2, num_heads=2, decoder_width=32, decoder_depth=1,
+                      decoder_num_heads=2))
+  c.update(overrides)
+  return c
+
+
+def make_batch(seed: int, indices=None) -> dict:
+  """Weak and strong views are the same image for the first half of U, so some examples can pass agreement."""
+  rng = np.random.default_rng(seed)
+
+  def images(n):
+    return rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+  weak = images(U)
+  strong = np.concatenate([weak[:U // 2], images(U - U // 2)])
+  return dict(labeled_image=images(L), labeled_label=rng.integers(0, CLASSES, L).astype(np.int32),
+              unlabeled_weak=weak, unlabeled_strong=strong, unlabeled_mae=images(U),
+              unlabeled_index=np.asarray(indices if indices is not None else rng.permutation(POOL)[:U], np.int32))
+
+
+def init_params(model):
+  ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, 0.75)
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, SIZE, SIZE, 3)), ids_keep, ids_restore)['params'])
+  return init(jax.random.key(0, impl='rbg'))
+
+
+def make_state(params, tx, mesh, memory=None, gate_open=False):
+  state = train_state.create(jax.tree.map(jnp.array, params), tx, POOL)
+  if memory is not None:
+    state = state.replace(pseudo_labels=jnp.asarray(memory, jnp.int32))
+  state = state.replace(gate_open=jnp.asarray(gate_open))
+  return jax.device_put(state, sharding.replicated(mesh))
+
+
+def one_device_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()[:1]), ('data',))
+
+
+# --- the reference ---------------------------------------------------------------------------------------------------
+
+
+class Reference:
+  """DESIGN.md §1, one step, written out plainly."""
+
+  def __init__(self, model, config):
+    self.model, self.config = model, config
+    self.classify = jax.jit(lambda p, x: model.apply({'params': p}, x, method=model.classify))
+
+    def loss_fn(params, x_l, y_l, x_w, targets, used, rec_images, ids_keep, mask, ids_restore):
+      pred = model.apply({'params': params}, rec_images, ids_keep, ids_restore, method=model.reconstruct)
+      target = masking.patchify(rec_images, model.patch_size)
+      per_patch = jnp.mean((pred - target) ** 2, axis=-1)
+      rec = jnp.sum(per_patch * mask) / jnp.sum(mask)
+      ce_l = -jnp.take_along_axis(jax.nn.log_softmax(model.apply({'params': params}, x_l, method=model.classify)),
+                                  y_l[:, None], axis=1)[:, 0]
+      logits_w = model.apply({'params': params}, x_w, method=model.classify)
+      ce_u = -jnp.take_along_axis(jax.nn.log_softmax(logits_w), jnp.maximum(targets, 0)[:, None], axis=1)[:, 0]
+      cls = (jnp.sum(ce_l) + jnp.sum(ce_u * used)) / (L + jnp.sum(used))
+      return config.rec_weight * rec + config.cls_weight * cls, (rec, cls)
+
+    self.grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+  @staticmethod
+  def normalize(images):
+    return jnp.asarray((np.asarray(images, np.float32) / 255.0 - MEAN) / STD)
+
+  def probs(self, params, batch):
+    """Softmax of the weak and strong views at `params`."""
+    return (np.asarray(jax.nn.softmax(self.classify(params, self.normalize(batch['unlabeled_weak'])))),
+            np.asarray(jax.nn.softmax(self.classify(params, self.normalize(batch['unlabeled_strong'])))))
+
+  def step(self, params, opt_state, memory, gate_open, step, batch, tx):
+    c = self.config
+    p_w, p_s = self.probs(params, batch)
+    idx = np.asarray(batch['unlabeled_index'])
+    remembered = memory[idx] >= 0
+    pred = p_w.argmax(-1)
+    confident = (p_w.max(-1) > c.tau) & (p_s.max(-1) > c.tau)
+    if c.require_agreement:
+      confident &= pred == p_s.argmax(-1)
+    new = bool(gate_open) & confident & ~remembered
+    used = remembered | new
+    targets = np.where(remembered, memory[idx], pred).astype(np.int32)
+
+    rec_images = jnp.concatenate([self.normalize(batch['labeled_image']), self.normalize(batch['unlabeled_mae'])])
+    rng = jax.random.fold_in(jax.random.key(c.seed), step)
+    ids_keep, mask, ids_restore = masking.random_masking(rng, L + U, self.model.num_patches, c.mask_ratio)
+    (loss, (rec, cls)), grads = self.grad(
+        params, self.normalize(batch['labeled_image']), jnp.asarray(batch['labeled_label']),
+        self.normalize(batch['unlabeled_weak']), jnp.asarray(targets), jnp.asarray(used, jnp.float32), rec_images,
+        ids_keep, mask, ids_restore)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    memory = memory.copy()
+    for i in range(U):
+      if new[i]:
+        memory[idx[i]] = targets[i]
+    metrics = dict(loss=float(loss), rec_loss=float(rec), cls_loss=float(cls), unlabeled_used=float(used.sum()),
+                   pseudo_labels_new=float(new.sum()))
+    return params, opt_state, memory, grads, metrics
+
+
+# --- fixtures --------------------------------------------------------------------------------------------------------
+
+
+def choose_tau(reference, params, batch, remembered_slots):
+  """A threshold in the widest gap of the candidates' confidences, so that some pass and some do not."""
+  p_w, p_s = reference.probs(params, batch)
+  agree = p_w.argmax(-1) == p_s.argmax(-1)
+  conf = np.minimum(p_w.max(-1), p_s.max(-1))
+  candidates = np.sort(conf[agree & ~np.isin(np.arange(U), remembered_slots)])
+  assert len(candidates) >= 2, 'the batch needs at least two agreeing examples'
+  gaps = np.diff(candidates)
+  i = int(np.argmax(gaps))
+  assert gaps[i] > 1e-4, gaps
+  return float(candidates[i] + candidates[i + 1]) / 2
+
+
+class Setup:
+  """A tiny model, its params, the batch, and the fast step built once for the whole module (SGD, lr 1)."""
+
+  def __init__(self):
+    base = tiny_config()
+    self.model = models.from_config(base, CLASSES)
+    self.params = init_params(self.model)
+    self.batch = make_batch(0)
+    self.idx = self.batch['unlabeled_index']
+    # Three examples of the batch already have a pseudo-label, one of them in the half where weak == strong.
+    self.remembered_slots = np.array([0, 5, 6])
+    self.memory = np.full(POOL, -1, np.int32)
+    self.memory[self.idx[self.remembered_slots]] = [3, 7, 1]
+    self.config = tiny_config(tau=choose_tau(Reference(self.model, base), self.params, self.batch,
+                                             self.remembered_slots))
+    self.reference = Reference(self.model, self.config)
+    self.tx = optax.sgd(1.0)
+    self.mesh = one_device_mesh()
+    self.train_step = steps.make_train_step(self.model, self.tx, self.config, self.mesh)
+
+  def device_batch(self, batch=None):
+    return jax.device_put(batch if batch is not None else self.batch, sharding.data_sharded(self.mesh))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  return Setup()
+
+
+def _assert_trees_close(got, want, rtol, atol):
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+# --- the fast step equals the reference ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('case', ['closed_empty_memory', 'closed_with_memory', 'open_some_accepted'])
+def test_step_matches_reference(setup, case):
+  s = setup
+  memory = np.full(POOL, -1, np.int32) if case == 'closed_empty_memory' else s.memory
+  gate_open = case == 'open_some_accepted'
+  state = make_state(s.params, s.tx, s.mesh, memory, gate_open)
+  new_state, metrics = s.train_step(state, s.device_batch())
+  metrics = jax.device_get(metrics)
+
+  _, _, want_memory, grads, want = s.reference.step(
+      s.params, s.tx.init(s.params), memory, gate_open, 0, s.batch, s.tx)
+  assert set(metrics) == METRIC_KEYS
+  for key, value in want.items():
+    np.testing.assert_allclose(metrics[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
+  remembered = len(s.remembered_slots)
+  if case == 'closed_empty_memory':
+    assert want['unlabeled_used'] == 0
+  elif case == 'closed_with_memory':
+    assert want['unlabeled_used'] == remembered and want['pseudo_labels_new'] == 0
+  else:
+    # The case is not vacuous: some examples are newly accepted, some are not, remembered ones are used.
+    assert 0 < want['pseudo_labels_new'] < U - remembered
+    assert want['unlabeled_used'] == remembered + want['pseudo_labels_new']
+  np.testing.assert_array_equal(np.asarray(new_state.pseudo_labels), want_memory)
+  # SGD at lr 1: the parameter change is the gradient.
+  delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), s.params, new_state.params)
+  scale = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads))
+  _assert_trees_close(delta, grads, rtol=1e-3, atol=1e-5 * scale)
+  assert int(new_state.step) == 1
+  np.testing.assert_allclose(metrics['grad_norm'], float(optax.tree.norm(grads)), rtol=1e-4)
+
+
+def test_remembered_labels_are_kept_when_the_rule_disagrees(setup):
+  """Sticky: a stored pseudo-label is the target and stays stored, even when the gate is open."""
+  s = setup
+  memory = s.memory.copy()
+  slot = s.remembered_slots[0]
+  p_w, _ = s.reference.probs(s.params, s.batch)
+  memory[s.idx[slot]] = (int(p_w[slot].argmax()) + 1) % CLASSES
+  new_state, _ = s.train_step(make_state(s.params, s.tx, s.mesh, memory, True), s.device_batch())
+  assert int(new_state.pseudo_labels[s.idx[slot]]) == memory[s.idx[slot]]
+  _, _, want_memory, _, _ = s.reference.step(s.params, s.tx.init(s.params), memory, True, 0, s.batch, s.tx)
+  np.testing.assert_array_equal(np.asarray(new_state.pseudo_labels), want_memory)
+
+
+# --- what the step may read ------------------------------------------------------------------------------------------
+
+
+def _used_batch_keys(train_step, state, batch) -> set[str]:
+  """The batch keys whose arrays the traced step uses at all."""
+  closed = jax.make_jaxpr(train_step)(state, batch)
+  (eqn,) = closed.jaxpr.eqns  # the jitted step
+  inner = eqn.params['jaxpr'].jaxpr
+  used = {id(v) for e in inner.eqns for v in e.invars} | {id(v) for v in inner.outvars}
+  num_state = len(jax.tree.leaves(state))
+  keys = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(batch)[0]]
+  return {key.strip("[]'") for key, var in zip(keys, inner.invars[num_state:]) if id(var) in used}
+
+
+def test_hidden_labels_cannot_reach_the_step(setup):
+  s = setup
+  batch = dict(s.batch, unlabeled_label=np.arange(U, dtype=np.int32) % CLASSES)
+  state = make_state(s.params, s.tx, s.mesh, s.memory, True)
+  assert _used_batch_keys(s.train_step, state, s.device_batch(batch)) == {
+      'labeled_image', 'labeled_label', 'unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae', 'unlabeled_index'}
+  outs = []
+  for hidden in (batch['unlabeled_label'], np.roll(batch['unlabeled_label'], 3)):
+    state = make_state(s.params, s.tx, s.mesh, s.memory, True)
+    outs.append(jax.device_get(s.train_step(state, s.device_batch(dict(batch, unlabeled_label=hidden)))))
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+    np.testing.assert_array_equal(a, b)
+
+
+# --- compiled once ---------------------------------------------------------------------------------------------------
+
+
+def test_train_step_is_traced_once(setup, monkeypatch):
+  """Steps with new data, a new memory and the gate toggled reuse one trace and one executable."""
+  s = setup
+  traces = []
+  real = masking.random_masking
+  monkeypatch.setattr(masking, 'random_masking', lambda *a, **k: traces.append(1) or real(*a, **k))
+  train_step = steps.make_train_step(s.model, s.tx, s.config, s.mesh)
+  state = make_state(s.params, s.tx, s.mesh)
+  for i, gate_open in enumerate([False, False, True, True, False]):
+    state = state.replace(gate_open=jax.device_put(np.bool_(gate_open), sharding.replicated(s.mesh)))
+    state, metrics = train_step(state, s.device_batch(make_batch(i + 1)))
+  jax.block_until_ready(metrics)
+  assert len(traces) == 1
+  assert train_step._cache_size() == 1
+
+
+# --- devices ---------------------------------------------------------------------------------------------------------
+
+
+def device_scenario(mesh) -> dict:
+  """Three AdamW steps: gate closed with an empty memory, closed with memory, open with all accepted."""
+  config = tiny_config(tau=0.0, require_agreement=False)
+  model = models.from_config(config, CLASSES)
+  params = init_params(model)
+  tx = optax.adamw(1e-3, weight_decay=0.05)
+  train_step = steps.make_train_step(model, tx, config, mesh)
+  memory = np.full(POOL, -1, np.int32)
+  state = make_state(params, tx, mesh, memory)
+  losses, used = [], []
+  for i, (gate_open, seed) in enumerate([(False, 1), (False, 2), (True, 3)]):
+    batch = make_batch(seed, indices=np.arange(U) + U * (i % 2))
+    if i == 1:
+      state = state.replace(pseudo_labels=state.pseudo_labels.at[batch['unlabeled_index'][:3]].set(4))
+    state = state.replace(gate_open=jax.device_put(np.bool_(gate_open), sharding.replicated(mesh)))
+    state, metrics = train_step(state, jax.device_put(batch, sharding.data_sharded(mesh)))
+    losses.append([float(metrics[k]) for k in ('loss', 'rec_loss', 'cls_loss')])
+    used.append(float(metrics['unlabeled_used']))
+  return dict(devices=int(mesh.devices.size), losses=losses, used=used,
+              memory=np.asarray(state.pseudo_labels).tolist(),
+              param_sum=float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
+
+
+def test_four_devices_give_the_same_loss_and_memory_as_one():
+  root = os.path.dirname(TESTS_DIR)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([root, TESTS_DIR]),
+             XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4').strip())
+  code = ('import json, jax, numpy as np, test_steps; from jax.sharding import Mesh; '
+          'assert jax.device_count() == 4, jax.devices(); '
+          "print(json.dumps(test_steps.device_scenario(Mesh(np.asarray(jax.devices()), ('data',)))))")
+  proc = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  four = json.loads(proc.stdout.strip().splitlines()[-1])
+  one = device_scenario(one_device_mesh())
+  assert four['devices'] == 4 and one['devices'] == 1
+  np.testing.assert_allclose(four['losses'], one['losses'], rtol=1e-5)
+  assert four['used'] == one['used'] == [0.0, 3.0, float(U)]
+  assert four['memory'] == one['memory']
+  assert sum(m >= 0 for m in one["memory"]) == 3 + U  # 3 stored by hand, U accepted at step 3
+  np.testing.assert_allclose(four['param_sum'], one['param_sum'], rtol=1e-5)
