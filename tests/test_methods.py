@@ -11,25 +11,9 @@ from configs import smoke
 from ssmae_jax import input_pipeline, train
 from ssmae_jax.errors import UserError
 
-needs_cifar10 = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(os.environ.get('TFDS_DATA_DIR', ''), 'cifar10')),
-    reason='CIFAR-10 is not prepared in $TFDS_DATA_DIR (CI uses ../shared/tfds)')
-pytestmark = needs_cifar10
+from conftest import needs_cifar10
 
-
-@pytest.fixture(autouse=True, scope='module')
-def decode_cifar10_once():
-  load, cache = input_pipeline._load, {}
-
-  def cached(builder, split):
-    key = (str(builder.data_dir), split)
-    if key not in cache:
-      cache[key] = load(builder, split)
-    return cache[key]
-
-  input_pipeline._load = cached
-  yield
-  input_pipeline._load = load
+pytestmark = [needs_cifar10, pytest.mark.usefixtures('decode_cifar10_once')]
 
 
 @pytest.fixture

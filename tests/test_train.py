@@ -11,29 +11,13 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from ssmae_jax import input_pipeline, train
+from ssmae_jax import train
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_cifar10 = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(os.environ.get('TFDS_DATA_DIR', ''), 'cifar10')),
-    reason='CIFAR-10 is not prepared in $TFDS_DATA_DIR (CI uses ../shared/tfds)')
+from conftest import needs_cifar10
 
-
-@pytest.fixture(autouse=True, scope='module')
-def decode_cifar10_once():
-  """Every Run here reads the same real CIFAR-10: decode each split once per module, not once per Run."""
-  load, cache = input_pipeline._load, {}
-
-  def cached(builder, split):
-    key = (str(builder.data_dir), split)
-    if key not in cache:
-      cache[key] = load(builder, split)
-    return cache[key]
-
-  input_pipeline._load = cached
-  yield
-  input_pipeline._load = load
+pytestmark = pytest.mark.usefixtures('decode_cifar10_once')
 
 
 def tiny_config(**overrides):
