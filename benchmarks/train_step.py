@@ -1,6 +1,7 @@
 """Speed of one SSMAE train step, gate closed (empty memory) and gate open (every unlabeled example accepted).
 
   PYTHONPATH=. .venv/bin/python -m benchmarks.train_step [--json] [--config configs/bench_vit_t4.py] [--steps N]
+      [--no-hugepage-malloc]
 
 Steps are timed one by one (each waits for its result) after warm-up calls of the compiled executable with the
 same kind of inputs, and the median is reported. "Gate open, all accepted" uses tau = 0 without the agreement
@@ -9,20 +10,37 @@ a step does not depend on how many are accepted (fixed shapes), this only makes 
 `flops_gate_open` is XLA's count for the work the method needs in such a step, compiled on its own without
 any branch: gradient of reconstruction (L + U) and classification (L + U weak), a forward pass on the U strong
 views, and the AdamW update.
+
+On Linux the benchmark re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as main.py should run):
+XLA allocates each step's temporaries (about 750 MB with the gate open) afresh, and with 4 KiB pages the
+kernel spends 10-15% of the step's CPU time faulting them in; transparent huge pages remove almost all of it.
+`--no-hugepage-malloc` measures the environment as it is.
 """
 
-import argparse
-import importlib.util
-import json
-import statistics
-import time
+import os
+import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
 
-from ssmae_jax import losses, masking, models, sharding, steps, train_state
+if __name__ == '__main__' and sys.platform.startswith('linux') and '--no-hugepage-malloc' not in sys.argv[1:] \
+    and HUGEPAGE_TUNABLE not in os.environ.get('GLIBC_TUNABLES', ''):
+  # glibc reads its tunables only at process start, so set them and start again, before JAX makes threads.
+  os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [os.environ.get('GLIBC_TUNABLES'), HUGEPAGE_TUNABLE]))
+  os.execv(sys.executable, [sys.executable, '-m', 'benchmarks.train_step', *sys.argv[1:]])
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from ssmae_jax import losses, masking, models, sharding, steps, train_state  # noqa: E402
 
 POOL_SIZE = 50_000
 NUM_CLASSES = 10
@@ -96,16 +114,17 @@ def method_flops(model, params, tx, opt_state, config) -> float:
 
 
 def time_steps(compiled, state, batches, warmup: int):
-  """Runs every batch in order; returns (state, per-step seconds after the first `warmup`, last metrics)."""
-  times = []
+  """Runs every batch in order; returns (state, per-step seconds and page faults after `warmup`, last metrics)."""
+  times, faults = [], []
   metrics = None
   for i, batch in enumerate(batches):
-    start = time.perf_counter()
+    start, faults_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     if i >= warmup:
       times.append(time.perf_counter() - start)
-  return state, times, jax.device_get(metrics)
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+  return state, times, faults, jax.device_get(metrics)
 
 
 def run(config, num_steps: int, warmup: int = 3) -> dict:
@@ -138,10 +157,10 @@ def run(config, num_steps: int, warmup: int = 3) -> dict:
   step_cost = compiled.cost_analysis()
   step_cost = step_cost[0] if isinstance(step_cost, (list, tuple)) else step_cost
 
-  state, closed, m_closed = time_steps(compiled, state, batches, warmup)
+  state, closed, faults_closed, m_closed = time_steps(compiled, state, batches, warmup)
   assert m_closed['unlabeled_used'] == 0, m_closed
   state = fresh_state(True)
-  state, opened, m_open = time_steps(compiled, state, batches, warmup)
+  state, opened, faults_open, m_open = time_steps(compiled, state, batches, warmup)
   assert m_open['unlabeled_used'] == num_u and m_open['pseudo_labels_new'] == num_u, m_open
 
   flops_open = method_flops(model, params, tx, tx.init(params), config)
@@ -160,12 +179,15 @@ def run(config, num_steps: int, warmup: int = 3) -> dict:
       # Images the step consumes (L labeled + U each of weak, strong, MAE views) per second, gate open.
       images_per_s=round((num_l + 3 * num_u) / ms_open * 1e3, 1),
       images_per_s_gate_closed=round((num_l + 3 * num_u) / ms_closed * 1e3, 1),
+      page_faults_per_step_gate_open=int(statistics.median(faults_open)),
+      page_faults_per_step_gate_closed=int(statistics.median(faults_closed)),
       num_params=int(num_params),
       steps=num_steps,
       devices=jax.device_count(),
       backend=jax.default_backend(),
       dtype=config.model.dtype,
-      xla_flags=__import__('os').environ.get('XLA_FLAGS', ''),
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+      glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
   )
 
 
@@ -174,6 +196,8 @@ def main():
   parser.add_argument('--config', default='configs/bench_vit_t4.py')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--json', action='store_true', help='print one JSON object instead of a human line')
+  parser.add_argument('--no-hugepage-malloc', action='store_true',
+                      help='do not restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (see the module docstring)')
   args = parser.parse_args()
   result = run(load_config(args.config), args.steps)
   if args.json:
