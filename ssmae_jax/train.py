@@ -258,6 +258,7 @@ class Run:
     if self.is_main:
       with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
+    self._print(summary_table(meta['history']))
     self._print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels '
                 '(precision {}), gate opened at epoch {}; {}.'.format(
                     _pct(results['test_accuracy']), _pct(results['test_accuracy_at_best_val']),
@@ -403,6 +404,18 @@ class Run:
   def _print(self, line: str) -> None:
     if self.is_main:
       print(line, flush=True)
+
+
+def summary_table(history: list[dict]) -> str:
+  """The run at a glance, one row per evaluation, for the end of the console output."""
+  rows = ['| epoch | train acc | val acc | HCA (n) | gate | test acc | pseudo-labels (new) | precision |',
+          '|---|---|---|---|---|---|---|---|']
+  for r in history:
+    rows.append(f'| {r["epoch"]} | {_pct(r["train_labeled_accuracy"])} | {_pct(r["val_accuracy"])} | '
+                f'{_pct(r["val_hca"])} ({r["val_num_confident"]}) | {"open" if r["gate_open"] else "closed"} | '
+                f'{_pct(r["test_accuracy"])} | {r["pseudo_labels_total"]} ({r["pseudo_labels_new"]}) | '
+                f'{_pct(r["pseudo_label_precision"])} |')
+  return '\n'.join(rows)
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:

@@ -211,3 +211,13 @@ def test_reconstruct_and_plots_on_an_empty_workdir_are_clear(tmp_path):
     train.reconstruct(tiny_config(), str(tmp_path))
   with pytest.raises(UserError, match='no history.json'):
     train.plots(str(tmp_path))
+
+
+def test_summary_table_has_a_row_per_evaluation():
+  record = dict(epoch=0, train_labeled_accuracy=None, val_accuracy=0.5, val_hca=0.75, val_num_confident=4,
+                gate_open=True, test_accuracy=None, pseudo_labels_total=7, pseudo_labels_new=3,
+                pseudo_label_precision=0.5)
+  rows = train.summary_table([record, dict(record, epoch=1, gate_open=False)]).splitlines()
+  assert len(rows) == 4
+  assert rows[2] == '| 0 | n/a | 50.00% | 75.00% (4) | open | n/a | 7 (3) | 50.00% |'
+  assert '| closed |' in rows[3]
