@@ -1,4 +1,4 @@
-"""Smoke test: a tiny ViT, 60 steps on the real CIFAR-10, gate opening included. Under 3 minutes on 2 CPU cores.
+"""Smoke test: a tiny ViT, 60 steps on the real CIFAR-10, gate opening included. About 40 s on 2 CPU cores.
 
   TFDS_DATA_DIR=../shared/tfds python main.py --config=configs/smoke.py --workdir=/tmp/ssmae_smoke
 
