@@ -224,16 +224,12 @@ class Run:
       done = step + 1
       if done % config.log_every_steps == 0 or done == self.total_steps:
         self._flush(window, done, meta, writer)
-      if done % config.checkpoint_every_steps == 0 or done == stop_at_step:
+      preempted = preemption.reached(done)
+      if done % config.checkpoint_every_steps == 0 or done == stop_at_step or preempted:
         self._flush(window, done, meta, writer)
         meta['wall_seconds'] = time.time() - start_wall
         self.checkpoints.save(self.state, meta)
-      preempted = preemption.reached(done)
       if done == stop_at_step or preempted:
-        if preempted:
-          self._flush(window, done, meta, writer)
-          meta['wall_seconds'] = time.time() - start_wall
-          self.checkpoints.save(self.state, meta)
         self.checkpoints.wait()
         self.checkpoints.close()
         preemption.restore()
