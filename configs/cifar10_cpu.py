@@ -15,11 +15,12 @@ def get_config():
   c = default.get_config()
   c.model.update(patch_size=4, width=128, depth=6, num_heads=4, decoder_width=64, decoder_depth=1,
                  decoder_num_heads=2)
-  c.num_steps = 3600
+  c.num_steps = 6000
+  c.tau = 0.85
   c.warmup_epochs = 4
   c.optimizer.update(learning_rate=5e-4, schedule='cosine', warmup_steps=200)
   c.eval_batch_size = 500
-  c.test_every_epochs = 2
+  c.test_every_epochs = 4
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   return c
