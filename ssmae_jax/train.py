@@ -311,7 +311,7 @@ class Run:
     epoch_sums, meta['epoch_sums'] = meta['epoch_sums'], {}
     n = epoch_sums.pop('steps', 0)
     train_means = {f'train_{k}': (epoch_sums[k] / n if n else None)
-                   for k in ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy')}
+                   for k in ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used')}
     record = dict(epoch=epoch, step=int(self.state.step), val_accuracy=val_acc, val_hca=hca,
                   val_num_confident=val['num_confident'] if val else 0, gate_open=is_open and not final,
                   test_accuracy=test['accuracy'] if test else None,

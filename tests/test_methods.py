@@ -113,3 +113,62 @@ def test_gate_always_open_assigns_from_step_zero(tmp_path):
   assert results['pseudo_labels_total'] > 0
   dynamic = config_for('ssmae', gate='dynamic', warmup_epochs=100, gate_threshold=2.0, num_steps=2)
   assert train.train_and_evaluate(dynamic, str(tmp_path / 'dyn'))['pseudo_labels_total'] == 0
+
+
+def test_require_agreement_drops_examples_whose_views_disagree(tmp_path):
+  # tau = 0 makes every example of an open gate confident; only the weak/strong agreement test can drop one.
+  free = train.Run(config_for('ssmae', gate='always_open', tau=0.0, require_agreement=False, num_steps=2),
+                   str(tmp_path / 'free'))
+  free.train()
+  seen = 2 * free.config.unlabeled_batch_size  # Two steps of distinct pool indices (one epoch is far longer).
+  assert results_of(tmp_path / 'free')['pseudo_labels_total'] == seen
+  agree = train.train_and_evaluate(config_for('ssmae', gate='always_open', tau=0.0, num_steps=2),
+                                   str(tmp_path / 'agree'))
+  assert 0 < agree['pseudo_labels_total'] < seen
+
+
+def test_tau_of_one_assigns_nothing_even_with_the_gate_open(tmp_path):
+  results = train.train_and_evaluate(config_for('ssmae', gate='always_open', tau=1.0, num_steps=2), str(tmp_path))
+  assert results['gate_opened_at_epoch'] == 0 and results['pseudo_labels_total'] == 0
+
+
+def _remembering_run(tmp_path, sticky):
+  """A run whose memory already holds a pseudo-label for every pool example, with a gate that stays closed."""
+  config = config_for('ssmae', sticky=sticky, warmup_epochs=100, num_steps=2, log_every_steps=2)
+  run = train.Run(config, str(tmp_path / f'sticky_{sticky}'))
+  hidden = run.splits.train_labels[run.splits.unlabeled_idx].astype(np.int32)
+  run.state = run.state.replace(pseudo_labels=jax.device_put(hidden, run.state.pseudo_labels.sharding))
+  return run.train()
+
+
+def test_sticky_memory_trains_on_remembered_labels_while_the_gate_is_closed(tmp_path):
+  sticky = _remembering_run(tmp_path, sticky=True)
+  assert sticky['gate_opened_at_epoch'] is None
+  # Every unlabeled example of every step is remembered, so all of them join the classification loss...
+  assert sticky['history'][-1]['train_unlabeled_used'] == 32
+  # ...while without stickiness a closed gate uses none: selection is redone each step and needs an open gate.
+  assert _remembering_run(tmp_path, sticky=False)['history'][-1]['train_unlabeled_used'] == 0
+
+
+def test_rec_weight_zero_removes_the_reconstruction_term(tmp_path):
+  results = train.train_and_evaluate(config_for('ssmae', rec_weight=0.0, num_steps=2), str(tmp_path))
+  last = results['history'][-1]
+  assert last['train_rec_loss'] == 0 and last['train_loss'] == pytest.approx(last['train_cls_loss'])
+  with_rec = train.train_and_evaluate(config_for('ssmae', num_steps=2), str(tmp_path / 'rec'))['history'][-1]
+  assert with_rec['train_rec_loss'] > 0 and with_rec['train_loss'] > with_rec['train_cls_loss']
+
+
+@pytest.mark.parametrize('mask_ratio, kept', [(0.75, 4), (0.5, 8)])
+def test_mask_ratio_sets_how_many_patches_the_encoder_sees(tmp_path, monkeypatch, mask_ratio, kept):
+  from ssmae_jax import masking
+  shapes, masking_fn = [], masking.random_masking
+
+  def recording(rng, batch, num_patches, ratio):
+    out = masking_fn(rng, batch, num_patches, ratio)
+    shapes.append((out[0].shape[1], out[1].shape[1]))  # Traced inside the jitted step: shapes only.
+    return out
+
+  monkeypatch.setattr(masking, 'random_masking', recording)
+  train.train_and_evaluate(config_for('ssmae', mask_ratio=mask_ratio, num_steps=1), str(tmp_path))
+  # Smoke model: 32x32 images in 8x8 patches -> 16 patches; the encoder sees `kept`, the rest are reconstructed.
+  assert shapes and all(s == (kept, 16) for s in shapes)
