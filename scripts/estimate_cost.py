@@ -41,9 +41,9 @@ def estimate(path: str, tflops: float) -> dict:
   flops = bench.method_flops(model, params, tx, jax.eval_shape(tx.init, params), config)
   steps = config.num_steps or config.num_epochs * STEPS_PER_EPOCH_AT_10_PERCENT
   return dict(config=path, params=int(sum(x.size for x in jax.tree.leaves(params))),
-              gflops_per_step_gate_open=round(flops / 1e9, 1), steps=int(steps),
+              gflops_per_step_gate_open=flops / 1e9, steps=int(steps),
               pflops_total=round(flops * steps / 1e15, 1), assumed_tflops=tflops,
-              flop_bound_hours=round(flops * steps / (tflops * 1e12) / 3600, 4))
+              flop_bound_hours=flops * steps / (tflops * 1e12) / 3600)
 
 
 def _duration(hours: float) -> str:
@@ -61,7 +61,7 @@ def main():
     if args.json:
       print(json.dumps(r))
     else:
-      print(f'{path}: {r["params"]:,} params, {r["gflops_per_step_gate_open"]:,} GFLOP per gate-open step x '
+      print(f'{path}: {r["params"]:,} params, {r["gflops_per_step_gate_open"]:,.1f} GFLOP per gate-open step x '
             f'{r["steps"]:,} steps = {r["pflops_total"]:,} PFLOP -> >= {_duration(r["flop_bound_hours"])} at '
             f'{args.tflops:.0f} TFLOP/s (estimate; small models are latency-bound: measure)')
 

@@ -3,6 +3,8 @@
 import json
 import statistics
 
+import pytest
+
 from ssmae_jax import report
 
 
@@ -50,3 +52,21 @@ def test_table_launcher_orders_runs_and_feeds_finetune_the_pretrained_run(tmp_pa
   assert f'--workdir={pretrain_dir}' in out[0]
   assert f'--config.init_from={pretrain_dir}' in out[1] and '--config.label_fraction=0.1' in out[1]
   assert all(l.endswith('--config.num_steps=7') for l in out)  # Extra arguments reach every run, last.
+
+
+def test_cost_estimate_counts_the_flops_of_a_step(tmp_path):
+  import importlib.util
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location('estimate_cost', os.path.join(root, 'scripts', 'estimate_cost.py'))
+  estimate_cost = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(estimate_cost)
+  small = estimate_cost.estimate(os.path.join(root, 'configs', 'smoke.py'), tflops=1.0)
+  assert small['steps'] == 60 and small['params'] > 0 and small['gflops_per_step_gate_open'] > 0
+  assert small['flop_bound_hours'] == pytest.approx(  # hours = GFLOP x steps / (TFLOP/s x 3600)
+      small['gflops_per_step_gate_open'] * 1e9 * 60 / 1e12 / 3600, rel=0.01)
+  # A wider model costs more per step.
+  config = tmp_path / 'wide.py'
+  config.write_text('from configs import smoke\n\ndef get_config():\n  c = smoke.get_config()\n'
+                    '  c.model.width = 64\n  return c\n')
+  assert estimate_cost.estimate(str(config), 1.0)['gflops_per_step_gate_open'] > small['gflops_per_step_gate_open']
