@@ -18,15 +18,11 @@ kernel spends 10-15% of the step's CPU time faulting them in; transparent huge p
 """
 
 import os
-import sys
 
-HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
+import benchmarks
 
-if __name__ == '__main__' and sys.platform.startswith('linux') and '--no-hugepage-malloc' not in sys.argv[1:] \
-    and HUGEPAGE_TUNABLE not in os.environ.get('GLIBC_TUNABLES', ''):
-  # glibc reads its tunables only at process start, so set them and start again, before JAX makes threads.
-  os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [os.environ.get('GLIBC_TUNABLES'), HUGEPAGE_TUNABLE]))
-  os.execv(sys.executable, [sys.executable, '-m', 'benchmarks.train_step', *sys.argv[1:]])
+if __name__ == '__main__':
+  benchmarks.reexec_with_hugepage_malloc('benchmarks.train_step')
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -68,6 +64,13 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     out = matmul(a, b)
   out.block_until_ready()
   return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def init_params(model, config) -> dict:
+  size = config.image_size
+  ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
+  return jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), ids_keep,
+                             ids_restore)['params']
 
 
 def make_batches(config, count: int, mesh, rng: np.random.Generator) -> list[dict]:
@@ -135,10 +138,8 @@ def run(config, num_steps: int, warmup: int = 3) -> dict:
   mesh = sharding.make_mesh()
   model = models.from_config(config, NUM_CLASSES)
   tx = make_optimizer(config)
-  size, num_l, num_u = config.image_size, config.labeled_batch_size, config.unlabeled_batch_size
-  ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
-  params = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), ids_keep,
-                               ids_restore)['params']
+  num_l, num_u = config.labeled_batch_size, config.unlabeled_batch_size
+  params = init_params(model, config)
   num_params = sum(x.size for x in jax.tree.leaves(params))
   repl = sharding.replicated(mesh)
 

@@ -208,6 +208,14 @@ def test_resize():
   np.testing.assert_array_equal(augment.resize(constant, 24), np.full((24, 24, 3), 77, np.uint8))
 
 
+@pytest.mark.parametrize('size', [17, 40, 224])
+def test_upsampling_resize_is_the_antialiased_resize(size):
+  # resize skips antialiasing when upsampling, where its kernel is the bilinear one: the same function.
+  image = _noise()
+  antialiased = tf.image.resize(tf.cast(image, tf.float32), [size, size], 'bilinear', antialias=True).numpy()
+  assert _max_diff(augment.resize(image, size), np.clip(np.round(antialiased), 0, 255)) <= 1
+
+
 def test_bad_parameters_raise_user_error():
   image = _noise()
   with pytest.raises(UserError, match='hue'):
