@@ -22,10 +22,18 @@ from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file, e.g. configs/cifar10.py.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.json (resumes if it holds a run).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'reconstruct', 'plots'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'reconstruct', 'plots', 'predict'],
                   'train (or resume) | eval: a checkpoint on the test split | reconstruct: a reconstruction grid of '
-                  'the latest checkpoint | plots: curves from the workdir\'s history.json (WORKDIR/figures/).')
+                  'the latest checkpoint | plots: curves from the workdir\'s history.json (WORKDIR/figures/) | '
+                  'predict: WORKDIR/pseudo_labels.csv, labels of the unlabeled images from the latest checkpoint.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint --mode=eval evaluates.')
+flags.DEFINE_bool('distributed', False, 'Run as one of several processes (hosts) with jax.distributed: on a TPU pod '
+                  'slice or a SLURM / Open MPI cluster the processes find each other; elsewhere also pass the three '
+                  'flags below. See README, "Several hosts".')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, the same in every process (implies '
+                    '--distributed).')
+flags.DEFINE_integer('num_processes', None, 'How many processes take part (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, --num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -48,9 +56,13 @@ def main(argv):
   import tensorflow as tf
   # tf.data only runs on the host; the accelerators belong to JAX.
   tf.config.set_visible_devices([], 'GPU')
-  from ssmae_jax import train
+  from ssmae_jax import sharding
   from ssmae_jax.errors import UserError
   try:
+    f = flags.FLAGS
+    if f.distributed or f.coordinator_address or f.num_processes is not None or f.process_id is not None:
+      sharding.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+    from ssmae_jax import train  # Only now: its modules create arrays, which starts JAX on this process alone.
     mode, config, workdir = flags.FLAGS.mode, flags.FLAGS.config, flags.FLAGS.workdir
     if mode == 'train':
       train.train_and_evaluate(config, workdir)
@@ -58,11 +70,16 @@ def main(argv):
       train.evaluate(config, workdir, flags.FLAGS.checkpoint)
     elif mode == 'reconstruct':
       train.reconstruct(config, workdir)
+    elif mode == 'predict':
+      train.predict_pool(config, workdir)
     else:
       train.plots(workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except FloatingPointError as e:  # config.nan_policy='stop': the message names the step and the checkpoint kept.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

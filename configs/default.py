@@ -14,8 +14,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Data.
-  c.dataset = 'cifar10'
+  c.dataset = 'cifar10'  # A TFDS name, or 'folder': the image folders below (configs/folder.py).
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TFDS_DATA_DIR or TFDS's default.
+  c.labeled_dir = ml_collections.FieldReference(None, field_type=str)  # 'folder': one sub-folder of images per class.
+  c.unlabeled_dir = ml_collections.FieldReference(None, field_type=str)  # 'folder': images anywhere below it.
+  c.test_dir = ml_collections.FieldReference(None, field_type=str)  # 'folder', optional: class sub-folders.
+  c.skip_bad_images = False  # 'folder': skip (and count) unreadable images instead of stopping with an error.
   c.download = True  # If the dataset is not prepared in the data dir, let TFDS download it (connected machines).
   c.image_size = 32  # Images are resized to this inside tf.data when the dataset differs.
   c.label_fraction = 0.1  # Fraction of the train split that is labeled (class-balanced).
@@ -34,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
       strong_grayscale_p=0.2,
       strong_blur_sigma=(0.1, 2.0),
       strong_translate=0.1,
+      # 'folder': training views start from a random crop of this area fraction and aspect ratio of the file.
+      crop_scale=(0.35, 1.0),
+      crop_ratio=(3 / 4, 4 / 3),
   ))
 
   # Model: ViT encoder, MAE decoder, linear head.
@@ -74,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_steps=0,
       grad_clip_norm=0.0,  # 0 disables clipping.
   ))
+  # A non-finite loss or gradient: 'stop' (error naming the step; the last good checkpoint is kept) | 'skip' (that
+  # step leaves params, optimizer and memory unchanged; skips are counted and logged).
+  c.nan_policy = 'stop'
 
   # Evaluation, logging, checkpoints.
   c.test_every_epochs = 1  # Test accuracy is for the logs only; 0 = only at the end.

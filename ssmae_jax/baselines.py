@@ -12,8 +12,8 @@ from ssmae_jax import losses, masking, sharding, steps
 from ssmae_jax.train_state import TrainState
 
 
-def _finish(state: TrainState, tx, grads, loss, **metrics):
-  """Optimizer update and the metric dict every step returns (absent terms are 0)."""
+def _finish(config, state: TrainState, tx, grads, loss, **metrics):
+  """Optimizer update and the metric dict every step returns (absent terms are 0); config.nan_policy applied."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
@@ -22,7 +22,8 @@ def _finish(state: TrainState, tx, grads, loss, **metrics):
              pseudo_labels_new=zero, grad_norm=grad_norm,
              nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32))
   out.update(metrics)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
+  return steps.skip_if_nonfinite(config, state, state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+                                 out)
 
 
 def _jit(step, mesh):
@@ -42,7 +43,7 @@ def make_supervised_step(model, tx: optax.GradientTransformation, config, mesh):
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return _finish(state, tx, grads, loss, cls_loss=loss, labeled_accuracy=accuracy)
+    return _finish(config, state, tx, grads, loss, cls_loss=loss, labeled_accuracy=accuracy)
 
   return _jit(train_step, mesh)
 
@@ -62,7 +63,7 @@ def make_mae_step(model, tx: optax.GradientTransformation, config, mesh):
       return losses.reconstruction_loss(pred, target, mask, config.norm_pix_loss)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return _finish(state, tx, grads, loss, rec_loss=loss)
+    return _finish(config, state, tx, grads, loss, rec_loss=loss)
 
   return _jit(train_step, mesh)
 

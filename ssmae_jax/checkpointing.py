@@ -5,6 +5,7 @@ Each checkpoint holds the whole TrainState (params, optimizer, step, gate, pseud
 resumed run continues exactly where the checkpoint was.
 """
 
+import copy
 import os
 from typing import Any
 
@@ -33,15 +34,22 @@ class Checkpoints:
         item_names=('params', 'meta'))
 
   def save(self, state, meta: dict) -> None:
+    # `meta` may name a best checkpoint: it must be complete before a checkpoint that relies on it can be.
+    self.best.wait_until_finished()
+    # A copy: orbax writes it in the background while the loop goes on changing `meta` (epoch sums, history).
     self.latest.save(int(state.step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))), force=True)
 
   def save_best(self, step: int, params, meta: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, state_like) -> tuple[Any, dict] | None:
-    """The newest readable checkpoint as (state, meta); a corrupt one is reported and the previous one used."""
+  def restore_latest(self, state_like, delete_unreadable: bool = False) -> tuple[Any, dict] | None:
+    """The newest readable checkpoint as (state, meta); a corrupt one is reported and the previous one used.
+
+    A resuming run deletes the unreadable ones (`delete_unreadable`): it would fail to save its own checkpoint of
+    that step when it gets there.
+    """
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
         restored = self.latest.restore(step, args=ocp.args.Composite(
@@ -50,10 +58,20 @@ class Checkpoints:
         if _shape_mismatch(e):
           raise UserError(f'The checkpoint at step {step} in {self.latest.directory} holds a model of another '
                           'shape than this config: use a fresh --workdir or the config it was trained with.') from e
-        print(f'Checkpoint at step {step} is unreadable ({type(e).__name__}); falling back to an earlier one.')
+        if delete_unreadable:
+          self.latest.delete(step)
+        if jax.process_index() == 0:
+          print(f'Checkpoint at step {step} in {self.latest.directory} is unreadable ({type(e).__name__})'
+                f'{": deleted it" if delete_unreadable else ""}; falling back to an earlier one.', flush=True)
         continue
       return restored.state, restored.meta
     return None
+
+  def discard_best_after(self, step: int) -> None:
+    """Deletes best checkpoints newer than `step`: left by a run killed before its latest checkpoint recorded them."""
+    for newer in self.best.all_steps():
+      if newer > step:
+        self.best.delete(newer)
 
   def restore_params(self, which: str, state_like):
     """(params, step) of the 'best' checkpoint (falling back to the latest) or the 'latest'; None if none."""

@@ -9,9 +9,13 @@ from ssmae_jax import gate, masking
 from ssmae_jax.errors import UserError
 
 METHODS = ('ssmae', 'supervised', 'mae_pretrain', 'finetune')
+NAN_POLICIES = ('stop', 'skip')
 # Fields a resumed run may change without --config.allow_config_change=True: they do not change what is learned.
+# nan_policy: a run stopped by a non-finite step may be resumed with 'skip'. labeled_dir, unlabeled_dir: the folders may
+# move, since WORKDIR/data.json (data_record) refuses other files by their relative paths; test_dir is never trained on.
 RESUME_SAFE_FIELDS = ('allow_config_change', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-                      'test_every_epochs', 'eval_batch_size', 'data_dir')
+                      'test_every_epochs', 'eval_batch_size', 'data_dir', 'nan_policy',
+                      'labeled_dir', 'unlabeled_dir', 'test_dir')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -41,6 +45,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'config.model.dtype={config.model.dtype!r} is not a dtype: use float32 or bfloat16.') from None
   if config.optimizer.schedule not in ('constant', 'cosine'):
     raise UserError(f'config.optimizer.schedule={config.optimizer.schedule!r}: use constant or cosine.')
+  if config.nan_policy not in NAN_POLICIES:
+    raise UserError(f'config.nan_policy={config.nan_policy!r} is unknown: use one of {", ".join(NAN_POLICIES)}.')
+  if (config.num_steps or 0) < 0 or not (config.num_steps or config.num_epochs) > 0:
+    raise UserError(f'config.num_steps={config.num_steps} with config.num_epochs={config.num_epochs} trains nothing: '
+                    'set num_steps (or num_epochs, with num_steps None) to a positive number.')
+  for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[name] < 1:
+      raise UserError(f'config.{name}={config[name]} must be at least 1.')
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:

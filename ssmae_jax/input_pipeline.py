@@ -1,7 +1,8 @@
 """Splits (labeled / validation / unlabeled / test) and the tf.data streams of DESIGN.md §1.
 
-The whole train split lives in memory as numpy. Data order and augmentations are pure functions of
-(config.seed, step), so a run resumed at step s sees exactly the batches of an uninterrupted run.
+A TFDS train split lives in memory as numpy; image folders (config.dataset='folder') stay on disk as sorted paths
+and the training streams read and decode the files. Data order and augmentations are pure functions of
+(config.seed, step) either way, so a run resumed at step s sees exactly the batches of an uninterrupted run.
 """
 
 import dataclasses
@@ -14,27 +15,44 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssmae_jax import augment
+from ssmae_jax import augment, folder_data
 from ssmae_jax.errors import UserError
 
 _LABELED_STREAM = 0
 _UNLABELED_STREAM = 1
+# fold_in data of a folder example's crop seed: apart from the seeds its views split off the same per-example seed.
+_CROP_SEED = 7
 # Decoding in chunks keeps the parsed examples of only one chunk alive next to the growing result.
 _LOAD_CHUNK = 4096
 
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-  """The train split in memory and the index sets carved from it."""
+  """The train split (in memory, or as files) and the index sets carved from it."""
   num_classes: int
   class_names: list[str]
-  train_images: np.ndarray  # uint8 [N, h, w, 3]
-  train_labels: np.ndarray  # int32 [N]
+  train_images: np.ndarray | None  # uint8 [N, h, w, 3]; None for folder data (train_paths).
+  train_labels: np.ndarray  # int32 [N]; -1 where unknown (the files of an unlabeled folder).
   labeled_idx: np.ndarray  # int64, sorted: labeled training examples (validation excluded).
   val_idx: np.ndarray  # int64, sorted: held-out validation examples (a class-balanced part of the labeled ones).
   unlabeled_idx: np.ndarray  # int64, sorted: pool index i <-> train index unlabeled_idx[i].
-  test_images: np.ndarray | None
+  test_images: np.ndarray | None  # Folder data: decoded once, as evaluation sees them.
   test_labels: np.ndarray | None
+  # Folder data: the file of each train example (the labeled folder's, then the unlabeled folder's, each sorted).
+  train_paths: np.ndarray | None = None
+
+  def eval_images(self, idx: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 images of train examples idx for evaluation: in-memory rows at their stored size (eval_batches
+    resizes them), or decoded files, resized and centre-cropped to image_size."""
+    if self.train_paths is None:
+      return self.train_images[idx]
+    return folder_data.decode_for_eval(self.train_paths[idx], image_size)
+
+  def unlabeled_files(self) -> np.ndarray:
+    """bool [pool size]: which pool examples are files of the unlabeled folder (none for TFDS data)."""
+    if self.train_paths is None:
+      return np.zeros(len(self.unlabeled_idx), bool)
+    return self.train_labels[self.unlabeled_idx] < 0
 
 
 def _builder(config: Any) -> tfds.core.DatasetBuilder:
@@ -125,8 +143,33 @@ def _carve(config: Any, labels: np.ndarray, num_classes: int) -> tuple[np.ndarra
   return labeled_idx, val_idx, unlabeled_idx
 
 
+def _folder_splits(config: Any) -> Splits:
+  """Splits of image folders: labeled (and validation) from config.labeled_dir, the pool from unlabeled_dir."""
+  folders = folder_data.load_folders(config)
+  num_labeled, num_classes = len(folders.labeled_paths), len(folders.class_names)
+  labeled_idx, val_idx, leftover_idx = _carve(config, folders.labeled_labels, num_classes)
+  unlabeled_files = num_labeled + np.arange(len(folders.unlabeled_paths), dtype=np.int64)
+  test_images = (None if folders.test_paths is None else
+                 folder_data.decode_for_eval(folders.test_paths, config.image_size))
+  return Splits(
+      num_classes=num_classes,
+      class_names=folders.class_names,
+      train_images=None,
+      train_labels=np.concatenate([folders.labeled_labels,
+                                   np.full(len(folders.unlabeled_paths), -1, np.int32)]),
+      labeled_idx=labeled_idx,
+      val_idx=val_idx,
+      unlabeled_idx=np.concatenate([leftover_idx, unlabeled_files]),
+      test_images=test_images,
+      test_labels=folders.test_labels,
+      train_paths=np.asarray(folders.labeled_paths + folders.unlabeled_paths, dtype=object),
+  )
+
+
 def load_splits(config: Any) -> Splits:
   """Loads config.dataset from TFDS (downloading it only if not prepared and config.download) and carves the seeded, class-balanced splits."""
+  if config.dataset == 'folder':
+    return _folder_splits(config)
   builder = _builder(config)
   train_images, train_labels = _load(builder, 'train')
   num_classes = builder.info.features['label'].num_classes
@@ -211,8 +254,20 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
   if not (need_labeled or need_unlabeled):
     raise ValueError('Ask for the labeled stream, the unlabeled stream or both.')
   size, aug = config.image_size, config.augment
-  images = tf.constant(splits.train_images)
   labels = tf.constant(splits.train_labels, tf.int32)
+  if splits.train_paths is None:
+    images = tf.constant(splits.train_images)
+
+    def load(train_i, seed):
+      del seed
+      return augment.resize(tf.gather(images, train_i), size)
+  else:
+    paths = folder_data.path_tensor(splits.train_paths)
+
+    def load(train_i, seed):
+      crop_seed = tf.random.experimental.stateless_fold_in(seed, _CROP_SEED)
+      return folder_data.random_resized_crop(folder_data.read(tf.gather(paths, train_i)), crop_seed, size,
+                                             aug.crop_scale, aug.crop_ratio)
   autotune = tf.data.AUTOTUNE
   streams = {}
 
@@ -222,7 +277,7 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
 
     def labeled(i, seed):
       train_i = tf.gather(labeled_idx, i)
-      image = augment.resize(tf.gather(images, train_i), size)
+      image = load(train_i, seed)
       return {'labeled_image': augment.labeled_view(image, seed, aug), 'labeled_label': tf.gather(labels, train_i)}
 
     ds = _index_stream(len(splits.labeled_idx), config.labeled_batch_size, start_step, rows,
@@ -239,7 +294,8 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
 
     def unlabeled(i, seed):
       train_i = tf.gather(unlabeled_idx, i)
-      image = augment.resize(tf.gather(images, train_i), size)
+      # Folder data: one crop per example, shared by its three views, as one image is shared for TFDS data.
+      image = load(train_i, seed)
       weak_seed, strong_seed, mae_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
       return {
           'unlabeled_weak': augment.weak_view(image, weak_seed),
@@ -263,8 +319,8 @@ def train_iterator(splits: Splits, config: Any, start_step: int, *, process_inde
   """Yields step start_step, start_step + 1, ...: this process's contiguous slice of each global batch.
 
   Keys: labeled_image uint8 [l, S, S, 3], labeled_label int32 [l] (need_labeled); unlabeled_weak / _strong / _mae
-  uint8 [u, S, S, 3], unlabeled_index int32 [u] (pool index), unlabeled_label int32 [u] (metrics only)
-  (need_unlabeled). l, u = the global batch sizes / process_count; S = config.image_size.
+  uint8 [u, S, S, 3], unlabeled_index int32 [u] (pool index), unlabeled_label int32 [u] (metrics only; -1 where
+  unknown) (need_unlabeled). l, u = the global batch sizes / process_count; S = config.image_size.
   """
   return train_dataset(splits, config, start_step, process_index=process_index, process_count=process_count,
                        need_labeled=need_labeled, need_unlabeled=need_unlabeled).as_numpy_iterator()
@@ -299,3 +355,30 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_
   ds = tf.data.Dataset.from_tensor_slices((source, mask)).map(batch, num_parallel_calls=tf.data.AUTOTUNE,
                                                               deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
+
+
+def pool_batches(splits: Splits, batch_size: int, image_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """The unlabeled pool in pool order, as evaluation sees it: this process's slice of each global batch, image uint8
+  [b, S, S, 3] and mask bool [b]; padded like eval_batches so every pool example is in exactly one batch."""
+  lo, hi = _local_rows(batch_size, process_index, process_count, 'eval batch size')
+  n = len(splits.unlabeled_idx)
+  rows = np.arange(num_eval_batches(n, batch_size) * batch_size).reshape(-1, batch_size)[:, lo:hi]
+  if not rows.size:
+    return iter(())
+  mask = rows < n
+  source = splits.unlabeled_idx[np.minimum(rows, n - 1)]
+  if splits.train_paths is None:
+    images = tf.constant(splits.train_images)
+
+    def view(i):
+      return augment.resize(tf.gather(images, i), image_size)
+  else:
+    paths = folder_data.path_tensor(splits.train_paths)
+
+    def view(i):
+      return folder_data.center_crop(folder_data.read(tf.gather(paths, i)), image_size)
+
+  ds = tf.data.Dataset.from_tensor_slices((source.reshape(-1), mask.reshape(-1)))
+  ds = ds.map(lambda i, m: {'image': view(i), 'mask': m}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(hi - lo).prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()

@@ -127,10 +127,22 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
         grad_norm=grad_norm,
         nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32),
     )
-    return new_state, metrics
+    return skip_if_nonfinite(config, state, new_state, metrics)
 
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   return jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def skip_if_nonfinite(config, state: TrainState, new_state: TrainState, metrics: dict) -> tuple[TrainState, dict]:
+  """With config.nan_policy='skip', a non-finite step only advances the step counter and reports zeros but for
+  `nonfinite` (the skip count). With 'stop' the training loop raises instead, before any checkpoint of it."""
+  if config.nan_policy != 'skip':
+    return new_state, metrics
+  bad = metrics['nonfinite'] > 0
+  kept = state.replace(step=new_state.step)
+  new_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), new_state, kept)
+  metrics = {k: v if k == 'nonfinite' else jnp.where(bad, jnp.zeros_like(v), v) for k, v in metrics.items()}
+  return new_state, metrics
 
 
 def make_eval_step(model, config, mesh):
@@ -151,7 +163,15 @@ def make_eval_step(model, config, mesh):
 
 @functools.partial(jax.jit, donate_argnums=0)
 def accumulate(total: dict, metrics: dict) -> dict:
-  return jax.tree.map(jnp.add, total, metrics)
+  """Adds a step's metrics to running sums; `finite_steps` counts the steps before the first non-finite one."""
+  out = {k: total[k] + v for k, v in metrics.items()}
+  out['finite_steps'] = total['finite_steps'] + (out['nonfinite'] == 0)
+  return out
+
+
+def start_sums(metrics: dict) -> dict:
+  """The running sums of `accumulate` after one step."""
+  return dict(metrics, finite_steps=1.0 - metrics['nonfinite'])
 
 
 @jax.jit

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssmae_jax import baselines, checkpointing, configuration, gate, input_pipeline, masking, models, sharding
-from ssmae_jax import steps, train_state, visualize
+from ssmae_jax import baselines, checkpointing, configuration, data_record, gate, input_pipeline, masking, models
+from ssmae_jax import predict, sharding, steps, train_state, visualize
 from ssmae_jax.errors import UserError
 
 PREFETCH_TO_DEVICE = 2
@@ -98,7 +98,7 @@ class MetricWindow:
     self.totals, self.steps, self.start = None, 0, time.time()
 
   def add(self, metrics: dict) -> None:
-    self.totals = metrics if self.totals is None else steps.accumulate(self.totals, metrics)
+    self.totals = steps.start_sums(metrics) if self.totals is None else steps.accumulate(self.totals, metrics)
     self.steps += 1
 
   def fetch(self) -> tuple[dict, float]:
@@ -145,11 +145,13 @@ class Run:
     self.config = config
     self.workdir = workdir
     self.is_main = jax.process_index() == 0
-    _prepare_workdir(workdir, config, record=training and self.is_main)
-    self.splits = input_pipeline.load_splits(config)
     self.mesh = sharding.make_mesh()
     for name in ('labeled_batch_size', 'unlabeled_batch_size', 'eval_batch_size'):
       sharding.check_divisible(f'config.{name}', config[name], self.mesh)
+    _prepare_workdir(workdir, config, record=training and self.is_main)
+    self.splits = input_pipeline.load_splits(config)
+    # Before anything is built: a checkpoint resumed on other files would label the wrong ones.
+    data_record.check(workdir, self.splits, config, record=training and self.is_main)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.splits, config)
     self.total_steps = config.num_steps or config.num_epochs * self.steps_per_epoch
     self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -162,7 +164,9 @@ class Run:
     self.eval_step = steps.make_eval_step(self.model, config, self.mesh)
     self.checkpoints = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
     shown = self.splits.val_idx if len(self.splits.val_idx) else self.splits.labeled_idx
-    self.figure_images = self.splits.train_images[shown[:NUM_FIGURE_IMAGES]]
+    self.figure_images = self.splits.eval_images(shown[:NUM_FIGURE_IMAGES], config.image_size)
+    # Once, not per evaluation: for folder data this decodes files.
+    self.val_images = self.splits.eval_images(self.splits.val_idx, config.image_size)
     self.figures_dir = os.path.join(workdir, 'figures')
     hidden = self.splits.train_labels[self.splits.unlabeled_idx].astype(np.int32)
     self.hidden_labels = jax.device_put(hidden, sharding.replicated(self.mesh))
@@ -170,7 +174,7 @@ class Run:
   def evaluate(self, params, split: str) -> dict | None:
     s = self.splits
     images, labels = {
-        'val': (s.train_images[s.val_idx], s.train_labels[s.val_idx]),
+        'val': (self.val_images, s.train_labels[s.val_idx]),
         'test': (s.test_images, s.test_labels),
     }[split]
     if images is None or len(images) == 0:
@@ -187,13 +191,16 @@ class Run:
     With `stop_at_step`, saves a checkpoint there and returns None, as an interrupted run would have.
     """
     config, cfg_dict = self.config, configuration.to_dict(self.config)
-    restored = self.checkpoints.restore_latest(self.state)
+    restored = self.checkpoints.restore_latest(self.state, delete_unreadable=True)
     if restored is None:
       meta = dict(history=[], best_val_accuracy=None, best_epoch=None, gate_opened_at_epoch=None,
-                  last_epoch_evaluated=-1, wall_seconds=0.0, pseudo_labels_total=0, epoch_sums={})
+                  last_epoch_evaluated=-1, wall_seconds=0.0, pseudo_labels_total=0, epoch_sums={}, skipped_steps=0)
     else:
       self.state, meta = restored
       self._print(f'Resuming from step {int(self.state.step)} in {self.workdir}.')
+    # A run killed after saving a best checkpoint but before the next latest one redoes that evaluation.
+    self.checkpoints.discard_best_after(
+        next((r['step'] for r in meta['history'] if r['epoch'] == meta['best_epoch']), -1))
     start_step = int(self.state.step)
     start_wall = time.time() - meta['wall_seconds']
     # TensorBoard event files from process 0; the console gets our own lines, not the logging writer's.
@@ -252,8 +259,7 @@ class Run:
     if self.is_main:
       visualize.plot_history(visualize.load_history(self.workdir), self.figures_dir)
     if self.is_main:
-      with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+      _write_json(os.path.join(self.workdir, 'results.json'), results, indent=2)
     self._print(summary_table(meta['history']))
     self._print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels '
                 '(precision {}), gate opened at epoch {}; {}.'.format(
@@ -261,8 +267,15 @@ class Run:
                     _pct(results['best_val_accuracy']), results['pseudo_labels_total'],
                     _pct(results['pseudo_label_precision']), results['gate_opened_at_epoch'],
                     _fmt_time(results['wall_seconds'])))
+    if self.splits.train_paths is not None and config.method != 'mae_pretrain':
+      self._print(f'Wrote {self.write_pseudo_labels()}')  # What a folder user came for: labels for their files.
     self.checkpoints.close()
     return results
+
+  def write_pseudo_labels(self) -> str:
+    """WORKDIR/pseudo_labels.csv from the current state: the memory and the model's predictions on the pool."""
+    return predict.write_pseudo_labels(self.workdir, self.model, self.state.params, self.state.pseudo_labels,
+                                       self.splits, self.config, self.mesh)
 
   def _flush(self, window: 'MetricWindow', done: int, meta: dict, writer) -> None:
     """Fetches the metrics of the steps since the last flush (one host sync), logs them, adds them to the epoch's."""
@@ -270,16 +283,22 @@ class Run:
       return
     steps_in_window = window.steps
     sums, steps_per_sec = window.fetch()
-    if sums.pop('nonfinite'):
+    nonfinite, finite_steps = int(sums.pop('nonfinite')), int(sums.pop('finite_steps'))
+    if nonfinite and self.config.nan_policy == 'stop':
+      self.checkpoints.wait()  # The checkpoints already saved are good: let them finish before the process ends.
       raise FloatingPointError(
-          f'The loss or gradient became non-finite between steps {done - steps_in_window + 1} and {done}; the last '
-          f'good checkpoint is in {self.workdir}/checkpoints. Lower the learning rate or clip gradients '
-          '(config.optimizer.grad_clip_norm).')
+          f'The loss or gradient became non-finite at step {done - steps_in_window + finite_steps + 1}; the run '
+          f'stopped there and the last good checkpoint is in {self.workdir}/checkpoints. Lower the learning rate, clip '
+          'gradients (config.optimizer.grad_clip_norm) or set config.nan_policy=skip.')
+    # nan_policy='skip': skipped steps report zeros and count in no mean.
+    trained = steps_in_window - nonfinite
+    meta['skipped_steps'] = meta.get('skipped_steps', 0) + nonfinite
     epoch_sums = meta['epoch_sums']
     for k, v in sums.items():
       epoch_sums[k] = epoch_sums.get(k, 0.0) + v
-    epoch_sums['steps'] = epoch_sums.get('steps', 0) + steps_in_window
-    means = {k: v / steps_in_window for k, v in sums.items()}
+    epoch_sums['steps'] = epoch_sums.get('steps', 0) + trained
+    means = {k: v / max(trained, 1) for k, v in sums.items()}
+    means['skipped_steps'] = nonfinite
     means['steps_per_sec'] = steps_per_sec
     means['learning_rate'] = float(learning_rate_schedule(self.config, self.total_steps)(done))
     writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
@@ -287,7 +306,8 @@ class Run:
     self._print(f'step {done}/{self.total_steps} | epoch {done / self.steps_per_epoch:.2f} | '
                 f'loss {means["loss"]:.4f} (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f}) | '
                 f'train acc {100 * means["labeled_accuracy"]:.1f}% | unlabeled used/step '
-                f'{means["unlabeled_used"]:.1f} | {steps_per_sec:.2f} steps/s | ETA {_fmt_time(eta)}')
+                f'{means["unlabeled_used"]:.1f} | {steps_per_sec:.2f} steps/s | ETA {_fmt_time(eta)}'
+                + (f' | {nonfinite} non-finite steps skipped' if nonfinite else ''))
 
   def _epoch_boundary(self, epoch: int, meta: dict, writer, start_wall: float, final: bool = False) -> None:
     """Validation at the start of `epoch`: decides the gate for the epoch and the best checkpoint."""
@@ -364,10 +384,7 @@ class Run:
         steps_per_epoch=self.steps_per_epoch,
         epochs=meta['history'],
     )
-    path = os.path.join(self.workdir, 'history.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(history, f, indent=1)
-    os.replace(path + '.tmp', path)
+    _write_json(os.path.join(self.workdir, 'history.json'), history, indent=1)
 
   def _results(self, meta: dict, cfg_dict: dict) -> dict:
     last = meta['history'][-1]
@@ -392,6 +409,7 @@ class Run:
         pseudo_label_precision=last['pseudo_label_precision'],
         steps=self.total_steps,
         epochs=self.total_steps / self.steps_per_epoch,
+        nonfinite_steps_skipped=meta.get('skipped_steps', 0),
         wall_seconds=meta['wall_seconds'],
         history=meta['history'],
         config=cfg_dict,
@@ -444,8 +462,14 @@ def _prepare_workdir(workdir: str, config, record: bool) -> None:
       raise UserError(f'--workdir={workdir} holds a run of another config (changed: {", ".join(changed)}): use a '
                       'new --workdir, or pass --config.allow_config_change=True to resume it anyway.')
   if record:
-    with open(path, 'w') as f:
-      json.dump(current, f, indent=2)
+    _write_json(path, current, indent=2)
+
+
+def _write_json(path: str, data, indent: int) -> None:
+  """Whole or not at all: a run killed while writing leaves the previous file (or none), never half of one."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(data, f, indent=indent)
+  os.replace(path + '.tmp', path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -461,6 +485,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best
   test = run.evaluate(params, 'test')
   val = run.evaluate(params, 'val')
   if test is None:
+    if config.dataset == 'folder':
+      raise UserError('config.test_dir is not set, so there is nothing to test on: pass --config.test_dir=/path, a '
+                      'folder with one sub-folder of images per class, as labeled_dir.')
     raise UserError(f'Dataset {config.dataset} has no test split to evaluate on.')
   out = dict(checkpoint=which, step=step, test_accuracy=test['accuracy'],
              high_conf_accuracy=test['high_conf_accuracy'], num_confident=test['num_confident'],
@@ -480,6 +507,19 @@ def reconstruct(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise UserError(f'No readable checkpoint in --workdir={workdir}: train first (--mode=train).')
   path, _ = run.reconstruction_figure(params, f'reconstruction_step_{step}.png')
   run._print(f'Wrote {path}')
+  run.checkpoints.close()
+  return path
+
+
+def predict_pool(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """WORKDIR/pseudo_labels.csv from the latest checkpoint: its pseudo-label memory and its model's predictions."""
+  run = _run_for_reading(config, workdir)
+  restored = run.checkpoints.restore_latest(run.state)
+  if restored is None:
+    raise UserError(f'No readable checkpoint in --workdir={workdir}: train first (--mode=train).')
+  run.state, _ = restored
+  path = run.write_pseudo_labels()
+  run._print(f'Wrote {path} (step {int(run.state.step)}).')
   run.checkpoints.close()
   return path
 
