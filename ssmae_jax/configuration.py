@@ -34,6 +34,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.mask_ratio < 1 or masking.num_kept(num_patches, config.mask_ratio) < 1:
     raise UserError(f'config.mask_ratio={config.mask_ratio} leaves no visible patch of {num_patches}: '
                     'use a ratio in [0, 1) that keeps at least one.')
+  reconstructs = config.method == 'mae_pretrain' or (config.method == 'ssmae' and config.rec_weight)
+  if reconstructs and masking.num_kept(num_patches, config.mask_ratio) == num_patches:
+    # The loss is over removed patches only: with none removed it is 0 and reconstruction silently does nothing.
+    raise UserError(f'config.mask_ratio={config.mask_ratio} removes none of the {num_patches} patches, so there is '
+                    'nothing to reconstruct: raise it (the paper: 0.75), or set config.rec_weight=0 to drop the term.')
   if config.model.width % config.model.num_heads or config.model.decoder_width % config.model.decoder_num_heads:
     raise UserError('config.model.width (decoder_width) must be divisible by num_heads (decoder_num_heads).')
   for name in ('labeled_batch_size', 'unlabeled_batch_size', 'eval_batch_size'):

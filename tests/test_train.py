@@ -119,6 +119,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
 @pytest.mark.parametrize('overrides, message', [
     (dict(image_size=30), 'divisible'),
     (dict(mask_ratio=0.999), 'visible patch'),
+    (dict(mask_ratio=0.0), 'nothing to reconstruct'),
     (dict(gate='sometimes'), 'config.gate'),
     (dict(method='magic'), 'config.method'),
 ])
