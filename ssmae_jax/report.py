@@ -2,6 +2,8 @@
 
 Reads each WORKDIR/results.json (a directory is searched recursively), groups the runs by dataset, method and label
 fraction, and prints a markdown table of test accuracy (mean ± std over seeds, n runs) beside the paper's numbers.
+Runs of one group whose configs differ in more than the seed (another tau, another number of steps...) are not
+averaged together: each variant gets its own row, named by the config fields that set it apart.
 """
 
 import collections
@@ -10,6 +12,8 @@ import json
 import os
 import statistics
 import sys
+
+from ssmae_jax import configuration
 
 # Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (DESIGN.md §1). Percent.
 PAPER = {
@@ -21,6 +25,19 @@ PAPER = {
     ('cifar100', 'finetune'): {0.1: 21.72},
 }
 METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
+# Fields that say where or how a run was kept, not what it learned; seeds are what a row averages over.
+NOT_A_VARIANT = ('seed', 'data_dir', 'init_from', 'labeled_dir', 'unlabeled_dir', 'test_dir',
+                 *configuration.RESUME_SAFE_FIELDS)
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = json.dumps(v) if isinstance(v, list) else v
+  return out
 
 
 def find_results(paths: list[str]) -> list[str]:
@@ -41,8 +58,16 @@ def load(paths: list[str]) -> list[dict]:
     if r.get('test_accuracy') is None:
       continue
     runs.append(dict(dataset=r['dataset'], method=r.get('method', 'ssmae'), label_fraction=r['label_fraction'],
-                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path))
+                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path,
+                     config={k: v for k, v in _flatten(r.get('config', {})).items() if k not in NOT_A_VARIANT}))
   return runs
+
+
+def _variants(runs: list[dict]) -> list[str]:
+  """For runs of one (dataset, method, fraction) group: a name per run, from the config fields that differ."""
+  keys = sorted({k for r in runs for k in r['config']})
+  differing = [k for k in keys if len({json.dumps(r['config'].get(k)) for r in runs}) > 1]
+  return [', '.join(f'{k}={r["config"].get(k)}' for k in differing) for r in runs]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -51,17 +76,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def table(runs: list[dict]) -> str:
-  groups = collections.defaultdict(list)
+  by_setting = collections.defaultdict(list)
   for r in runs:
-    groups[(r['dataset'], r['method'], round(r['label_fraction'], 4))].append(r['test_accuracy'])
-  order = lambda k: (k[0], METHOD_ORDER.index(k[1]) if k[1] in METHOD_ORDER else len(METHOD_ORDER), k[1], k[2])
-  lines = ['| dataset | method | labels | test accuracy (%) | runs | paper (%) |', '|---|---|---|---|---|---|']
+    by_setting[(r['dataset'], r['method'], round(r['label_fraction'], 4))].append(r)
+  groups = collections.defaultdict(list)
+  for setting, members in by_setting.items():
+    for run, variant in zip(members, _variants(members)):
+      groups[(*setting, variant)].append(run['test_accuracy'])
+  named = any(key[3] for key in groups)
+  order = lambda k: (k[0], METHOD_ORDER.index(k[1]) if k[1] in METHOD_ORDER else len(METHOD_ORDER), k[1], k[2], k[3])
+  lines = ['| dataset | method | labels |' + (' variant |' if named else '') + ' test accuracy (%) | runs | paper (%) |',
+           '|---|---|---|' + ('---|' if named else '') + '---|---|---|']
   for key in sorted(groups, key=order):
-    dataset, method, fraction = key
+    dataset, method, fraction, variant = key
     mean, std = mean_std(groups[key])
     paper = PAPER.get((dataset, method), {}).get(fraction)
-    lines.append(f'| {dataset} | {method} | {100 * fraction:g}% | {mean:.2f} ± {std:.2f} | {len(groups[key])} | '
-                 f'{"—" if paper is None else f"{paper:.2f}"} |')
+    lines.append(f'| {dataset} | {method} | {100 * fraction:g}% |' + (f' {variant or "—"} |' if named else '') +
+                 f' {mean:.2f} ± {std:.2f} | {len(groups[key])} | {"—" if paper is None else f"{paper:.2f}"} |')
   return '\n'.join(lines)
 
 

@@ -31,6 +31,24 @@ def test_table_means_stds_and_paper_numbers(tmp_path, capsys):
   assert rows[2].startswith('| cifar100 | ssmae | 20% | 30.00 ± 0.00 | 1 | 32.41 |')
 
 
+def test_runs_of_different_configs_are_rows_of_their_own(tmp_path, capsys):
+  base = dict(dataset='cifar10', method='ssmae', label_fraction=0.1)
+  for seed, acc in enumerate([0.50, 0.52]):  # Seeds of one config, and a resume-safe field that may differ.
+    write(tmp_path / f'a{seed}', **base, seed=seed, test_accuracy=acc,
+          config=dict(seed=seed, tau=0.95, log_every_steps=10 + seed, model=dict(width=128)))
+  write(tmp_path / 'b', **base, seed=0, test_accuracy=0.60, config=dict(seed=0, tau=0.85, model=dict(width=128)))
+  write(tmp_path / 'c', **base, seed=0, test_accuracy=0.70, config=dict(seed=0, tau=0.85, model=dict(width=64)))
+
+  assert report.main([str(tmp_path)]) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith('| cifar')]
+  std = statistics.stdev([50.0, 52.0])
+  assert rows == [
+      '| cifar10 | ssmae | 10% | model.width=128, tau=0.85 | 60.00 ± 0.00 | 1 | 56.80 |',
+      f'| cifar10 | ssmae | 10% | model.width=128, tau=0.95 | 51.00 ± {std:.2f} | 2 | 56.80 |',
+      '| cifar10 | ssmae | 10% | model.width=64, tau=0.85 | 70.00 ± 0.00 | 1 | 56.80 |',
+  ]  # Variants in the order of their names.
+
+
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
   assert report.main([str(tmp_path)]) == 2
   assert 'no finished run' in capsys.readouterr().err
