@@ -18,3 +18,10 @@ def reexec_with_hugepage_malloc(module: str) -> None:
     return
   os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [os.environ.get('GLIBC_TUNABLES'), HUGEPAGE_TUNABLE]))
   os.execv(sys.executable, [sys.executable, '-m', module, *sys.argv[1:]])
+
+
+def machine() -> dict:
+  """Where a number was measured: CPUs, JAX devices and backend, and the load average (other jobs inflate times)."""
+  import jax  # Not at import time: reexec_with_hugepage_malloc must run before JAX starts.
+  return dict(cpu_count=os.cpu_count(), devices=jax.device_count(), backend=jax.default_backend(),
+              load_average=[round(x, 2) for x in os.getloadavg()])

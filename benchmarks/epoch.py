@@ -113,10 +113,7 @@ def run(config, num_steps: int, warmup: int = 10, quiet: bool = False) -> dict:
       warmup_steps=warmup,
       method=config.method,
       image_size=config.image_size,
-      cpu_count=os.cpu_count(),
-      devices=jax.device_count(),
-      backend=jax.default_backend(),
-      load_average=[round(x, 2) for x in os.getloadavg()],
+      **benchmarks.machine(),
   )
 
 

@@ -124,10 +124,7 @@ def run(config, num_steps: int, warmup: int = 5, step_ms: float | None = None, s
       image_size=config.image_size,
       method=config.method,
       dataset=config.dataset,
-      cpu_count=os.cpu_count(),
-      devices=jax.device_count(),
-      backend=jax.default_backend(),
-      load_average=[round(x, 2) for x in os.getloadavg()],
+      **benchmarks.machine(),
   )
 
 
