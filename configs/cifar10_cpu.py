@@ -11,7 +11,8 @@ still improving at its end, and at its best checkpoint only 2% of validation ima
 passing 0.85 at 85% accuracy.
 Measured (2 CPU cores shared with other jobs; README "Results"): test accuracy 55.52% (55.48% at the best
 validation epoch), gate opened at epoch 6, 2,516 pseudo-labels at 88.6% precision, 86 min of wall time on the
-shared cores (~40 min estimated on quiet ones from the step benchmark). Supervised twin, same 6,000 steps: 51.21%.
+shared cores (~40 min estimated on quiet ones from the step benchmark). Supervised twin, same 6,000 steps: 51.21%;
+supervised with the same wall time (24,000 steps, 86 epochs): 55.60%, a tie.
 The paper's 56.80% (ViT-B/16, 400 epochs, GPU) is not reached: 1.3 points short.
 """
 
