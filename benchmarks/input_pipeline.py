@@ -7,7 +7,9 @@ The stream is exactly the trainer's: `input_pipeline.train_iterator` on the conf
 method needs (SSMAE: L labeled images + U unlabeled examples with weak, strong and MAE views). Decoding the dataset
 into memory is timed on its own (`load_s`), then `--warmup` batches are drawn untimed (the first one builds the
 tf.data graph), then `--steps` batches are drawn back to back as numpy: `steps_per_s`, `examples_per_s` (labeled +
-unlabeled examples) and `images_per_s` (every view counted).
+unlabeled examples) and `images_per_s` (every view counted). `host_cpu_s_per_step`: CPU seconds the whole process
+(tf.data's threads included) spends per batch over those steps, the cost that does not shrink with more cores;
+`steps_per_s_per_core` = its inverse, the rate one host core sustains.
 
 The consumer: `--step_ms` if given (e.g. a GPU step time measured elsewhere), else the compiled train step of the
 same config (`baselines.make_step` as the trainer builds it, with benchmarks/train_step.py's constant-rate AdamW)
@@ -60,16 +62,17 @@ def time_input(splits, config, num_steps: int, warmup: int) -> tuple[dict, list[
   for _ in range(warmup - 1):
     kept.append(next(iterator))
   examples, images = batch_counts(kept[0])
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(num_steps):
     next(iterator)
-  elapsed = time.perf_counter() - start
+  elapsed, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
   # Stop tf.data's background threads before anything else is timed on the same cores.
   del iterator
   gc.collect()
   steps_per_s = num_steps / elapsed
   return dict(steps_per_s=steps_per_s, examples_per_s=examples * steps_per_s, images_per_s=images * steps_per_s,
-              examples_per_step=examples, images_per_step=images, first_batch_s=first_batch_s), kept
+              examples_per_step=examples, images_per_step=images, first_batch_s=first_batch_s,
+              host_cpu_s_per_step=cpu_s / num_steps), kept
 
 
 def time_train_step(config, batches: list[dict], num_classes: int, pool_size: int, warmup: int = 2) -> dict:
@@ -110,6 +113,8 @@ def run(config, num_steps: int, warmup: int = 5, step_ms: float | None = None, s
       examples_per_s=round(rates['examples_per_s'], 1),
       images_per_s=round(rates['images_per_s'], 1),
       ms_per_batch=round(1e3 / rates['steps_per_s'], 2),
+      host_cpu_s_per_step=round(rates['host_cpu_s_per_step'], 5),
+      steps_per_s_per_core=round(1 / rates['host_cpu_s_per_step'], 2),
       step_consumes_steps_per_s=round(consumes, 3),
       headroom=round(rates['steps_per_s'] / consumes, 3),
       step_ms=round(step_ms, 2),
@@ -122,6 +127,7 @@ def run(config, num_steps: int, warmup: int = 5, step_ms: float | None = None, s
       steps=num_steps,
       warmup_steps=warmup,
       image_size=config.image_size,
+      resize_on_device=config.resize_on_device,
       method=config.method,
       dataset=config.dataset,
       **benchmarks.machine(),
@@ -152,7 +158,8 @@ def main():
   else:
     print(f"input pipeline ({result['method']}, {result['dataset']} at {result['image_size']} px): "
           f"{result['steps_per_s']:.2f} steps/s = {result['examples_per_s']:.0f} examples/s "
-          f"({result['images_per_s']:.0f} images/s); the train step consumes {result['step_consumes_steps_per_s']:.2f}"
+          f"({result['images_per_s']:.0f} images/s), {result['host_cpu_s_per_step']:.3f} host CPU-s per step; "
+          f"the train step consumes {result['step_consumes_steps_per_s']:.2f}"
           f" steps/s ({result['step_ms']:.0f} ms, {result['step_ms_source']}): headroom {result['headroom']:.2f}x; "
           f"load {result['load_s']:.1f} s, first batch {result['first_batch_s']:.1f} s, {result['cpu_count']} CPUs, "
           f"load average {result['load_average'][0]:.2f}")

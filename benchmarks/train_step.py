@@ -186,7 +186,7 @@ def run(config, num_steps: int, warmup: int = 3) -> dict:
       steps=num_steps,
       devices=jax.device_count(),
       backend=jax.default_backend(),
-      dtype=config.model.dtype,
+      dtype=str(model.dtype),
       xla_flags=os.environ.get('XLA_FLAGS', ''),
       glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
   )

@@ -4,10 +4,11 @@ Every random op takes `seed`, an int32/int64 tensor of shape [2], and derives it
 (image, seed) gives the same output whatever thread runs it. Images are uint8 [H, W, 3] (H == W) in and out; the ops
 compute in float32 [0, 1]. Normalisation happens later, on the accelerator.
 
-The views run per image at up to 224 px (the paper's CIFAR resized), so each op is written to touch the pixels as
-few times as it can: a flip or a whole-pixel shift moves pixels (tf.cond / pad + slice) rather than selecting or
-resampling them, the colour jitter's blends are one multiply-add and one clip each. These are the same functions as
-the plain forms (equal up to float rounding), at about half the CPU time per 224 px step.
+The views run per image: at the dataset's own size (32 px for CIFAR) with config.resize_on_device, else at up to
+224 px (the paper's CIFAR resized first). Each op is written to touch the pixels as few times as it can: a flip or a
+whole-pixel shift moves pixels (tf.cond / pad + slice) rather than selecting or resampling them, the colour jitter's
+blends are one multiply-add and one clip each. These are the same functions as the plain forms (equal up to float
+rounding), at about half the CPU time per 224 px step.
 """
 
 import math

@@ -35,7 +35,7 @@ def make_supervised_step(model, tx: optax.GradientTransformation, config, mesh):
   """Labeled cross-entropy only: the supervised ViT baseline, and fine-tuning from a pre-trained encoder."""
 
   def train_step(state: TrainState, batch: dict):
-    images, labels = steps.normalize(batch['labeled_image']), batch['labeled_label']
+    images, labels = steps.prepare_images(batch['labeled_image'], model.image_size), batch['labeled_label']
 
     def loss_fn(params):
       logits = model.apply({'params': params}, images, method=model.classify)
@@ -53,7 +53,7 @@ def make_mae_step(model, tx: optax.GradientTransformation, config, mesh):
   base_key = jax.random.key(config.seed)
 
   def train_step(state: TrainState, batch: dict):
-    images = steps.normalize(batch['unlabeled_mae'])
+    images = steps.prepare_images(batch['unlabeled_mae'], model.image_size)
     ids_keep, mask, ids_restore = masking.random_masking(jax.random.fold_in(base_key, state.step), images.shape[0],
                                                          model.num_patches, config.mask_ratio)
     target = masking.patchify(images, model.patch_size)

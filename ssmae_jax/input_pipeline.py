@@ -43,7 +43,7 @@ class Splits:
 
   def eval_images(self, idx: np.ndarray, image_size: int) -> np.ndarray:
     """uint8 images of train examples idx for evaluation: in-memory rows at their stored size (eval_batches
-    resizes them), or decoded files, resized and centre-cropped to image_size."""
+    ships them at the size the eval step takes), or decoded files, resized and centre-cropped to image_size."""
     if self.train_paths is None:
       return self.train_images[idx]
     return folder_data.decode_for_eval(self.train_paths[idx], image_size)
@@ -248,6 +248,16 @@ def _options() -> tf.data.Options:
   return options
 
 
+def shipped_size(stored_size: int, image_size: int, resize_on_device: bool) -> int:
+  """The size tf.data resizes in-memory images to before augmenting and shipping them.
+
+  With resize_on_device, images smaller than image_size travel at their stored size and the jitted step upsamples
+  them (steps.prepare_images): the host augments ~(image_size / stored_size)² fewer pixels. Larger ones are still
+  shrunk here, where it saves the host work rather than adding it.
+  """
+  return min(stored_size, image_size) if resize_on_device else image_size
+
+
 def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index: int = 0, process_count: int = 1,
                   need_labeled: bool = True, need_unlabeled: bool = True) -> tf.data.Dataset:
   """The tf.data pipeline behind `train_iterator`."""
@@ -257,10 +267,11 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
   labels = tf.constant(splits.train_labels, tf.int32)
   if splits.train_paths is None:
     images = tf.constant(splits.train_images)
+    host_size = shipped_size(splits.train_images.shape[1], size, config.resize_on_device)
 
     def load(train_i, seed):
       del seed
-      return augment.resize(tf.gather(images, train_i), size)
+      return augment.resize(tf.gather(images, train_i), host_size)
   else:
     paths = folder_data.path_tensor(splits.train_paths)
 
@@ -320,7 +331,9 @@ def train_iterator(splits: Splits, config: Any, start_step: int, *, process_inde
 
   Keys: labeled_image uint8 [l, S, S, 3], labeled_label int32 [l] (need_labeled); unlabeled_weak / _strong / _mae
   uint8 [u, S, S, 3], unlabeled_index int32 [u] (pool index), unlabeled_label int32 [u] (metrics only; -1 where
-  unknown) (need_unlabeled). l, u = the global batch sizes / process_count; S = config.image_size.
+  unknown) (need_unlabeled). l, u = the global batch sizes / process_count. S = config.image_size, except with
+  config.resize_on_device for in-memory (TFDS) data: S = S0 = min(stored size, image_size), every view augmented
+  at S0, and the train step resizes to image_size (`shipped_size`). Folder data always ships image_size.
   """
   return train_dataset(splits, config, start_step, process_index=process_index, process_count=process_count,
                        need_labeled=need_labeled, need_unlabeled=need_unlabeled).as_numpy_iterator()
@@ -331,9 +344,13 @@ def num_eval_batches(n: int, batch_size: int) -> int:
   return math.ceil(n / batch_size)
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int, *, process_index: int = 0,
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int, *,
+                 resize_on_device: bool = False, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """This process's slice of each global batch: image uint8 [b, S, S, 3], label int32 [b], mask bool [b].
+
+  S = image_size, or with resize_on_device S0 = min(the images' size, image_size) (`shipped_size`): the eval step
+  resizes to image_size.
 
   The set is padded to a multiple of batch_size (global) with zero images masked out, so every example counts
   exactly once on any process count.
@@ -346,9 +363,10 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_
   mask = rows < n
   source = np.minimum(rows, n - 1)
   images_t, labels_t = tf.constant(images), tf.constant(labels, tf.int32)
+  size = shipped_size(images.shape[1], image_size, resize_on_device)
 
   def batch(i, m):
-    image = augment.resize(tf.gather(images_t, i), image_size)
+    image = augment.resize(tf.gather(images_t, i), size)
     image *= tf.cast(m, tf.uint8)[:, None, None, None]
     return {'image': image, 'label': tf.gather(labels_t, i) * tf.cast(m, tf.int32), 'mask': m}
 
@@ -357,10 +375,11 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
 
 
-def pool_batches(splits: Splits, batch_size: int, image_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def pool_batches(splits: Splits, batch_size: int, image_size: int, *, resize_on_device: bool = False,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """The unlabeled pool in pool order, as evaluation sees it: this process's slice of each global batch, image uint8
-  [b, S, S, 3] and mask bool [b]; padded like eval_batches so every pool example is in exactly one batch."""
+  [b, S, S, 3] and mask bool [b]; padded like eval_batches so every pool example is in exactly one batch. S as in
+  eval_batches for in-memory data; folder files are centre-cropped to image_size."""
   lo, hi = _local_rows(batch_size, process_index, process_count, 'eval batch size')
   n = len(splits.unlabeled_idx)
   rows = np.arange(num_eval_batches(n, batch_size) * batch_size).reshape(-1, batch_size)[:, lo:hi]
@@ -370,9 +389,10 @@ def pool_batches(splits: Splits, batch_size: int, image_size: int, *, process_in
   source = splits.unlabeled_idx[np.minimum(rows, n - 1)]
   if splits.train_paths is None:
     images = tf.constant(splits.train_images)
+    size = shipped_size(splits.train_images.shape[1], image_size, resize_on_device)
 
     def view(i):
-      return augment.resize(tf.gather(images, i), image_size)
+      return augment.resize(tf.gather(images, i), size)
   else:
     paths = folder_data.path_tensor(splits.train_paths)
 

@@ -18,7 +18,8 @@ def make_predict_step(model, mesh):
   """Returns `predict_step(params, images) -> (class int32 [B], its probability float32 [B])`, replicated."""
 
   def predict_step(params, images):
-    probs = jax.nn.softmax(model.apply({'params': params}, steps.normalize(images), method=model.classify))
+    probs = jax.nn.softmax(model.apply({'params': params}, steps.prepare_images(images, model.image_size),
+                                       method=model.classify))
     return jnp.argmax(probs, -1).astype(jnp.int32), jnp.max(probs, -1)
 
   # Replicated outputs: every process holds the predictions of the whole global batch.

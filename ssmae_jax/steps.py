@@ -22,11 +22,27 @@ def normalize(images: jax.Array) -> jax.Array:
   return (images.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def prepare_images(images: jax.Array, image_size: int) -> jax.Array:
+  """uint8 [B, S0, S0, 3] from the pipeline -> float32 [B, image_size, image_size, 3], normalised.
+
+  The pipeline ships images at their stored size when config.resize_on_device (input_pipeline.shipped_size), so
+  the model's input size is reached here: a bilinear resize, which jax.image.resize computes as two small matmuls
+  (one per spatial axis), work accelerators do well and negligible next to the model's. Normalising first touches
+  S0² pixels instead of image_size²; the two orders agree up to float rounding (bilinear weights sum to 1). At
+  image_size already, this is `normalize` exactly.
+  """
+  x = normalize(images)
+  if x.shape[1:3] == (image_size, image_size):
+    return x
+  return jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), 'bilinear')
+
+
 def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   """Returns `train_step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
 
-  `batch` holds global arrays: labeled_image/label and unlabeled_weak/strong/mae/index. The hidden labels of
-  unlabeled examples are not an input: they cannot reach the loss.
+  `batch` holds global arrays: labeled_image/label and unlabeled_weak/strong/mae/index, the images uint8 at the
+  size the pipeline ships (resized to model.image_size here). The hidden labels of unlabeled examples are not an
+  input: they cannot reach the loss.
 
   The loss is L_rec + lambda * L_cls and the two terms share no activations, so each is differentiated on its
   own and the gradients are added. The classification term's forward and backward pass both live inside one
@@ -38,16 +54,17 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   sticky = config.sticky
   rec_weight, cls_weight = config.rec_weight, config.cls_weight
   base_key = jax.random.key(config.seed)
+  size = model.image_size
 
   def classify(params, images):
     return model.apply({'params': params}, images, method=model.classify)
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(base_key, state.step)
-    x_l = normalize(batch['labeled_image'])
+    x_l = prepare_images(batch['labeled_image'], size)
     y_l = batch['labeled_label']
-    x_w = normalize(batch['unlabeled_weak'])
-    x_s = normalize(batch['unlabeled_strong'])
+    x_w = prepare_images(batch['unlabeled_weak'], size)
+    x_s = prepare_images(batch['unlabeled_strong'], size)
     idx = batch['unlabeled_index']
     num_l, num_u = x_l.shape[0], x_w.shape[0]
 
@@ -96,7 +113,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
     cls, cls_grads, (logits_l, used, new, targets) = jax.lax.switch(
         branch, [labeled_only, with_memory, gate_open], state.params)
     if rec_weight:
-      rec_images = jnp.concatenate([x_l, normalize(batch['unlabeled_mae'])])
+      rec_images = jnp.concatenate([x_l, prepare_images(batch['unlabeled_mae'], size)])
       ids_keep, mask, ids_restore = masking.random_masking(rng, rec_images.shape[0], model.num_patches,
                                                             config.mask_ratio)
       rec_target = masking.patchify(rec_images, model.patch_size)
@@ -146,11 +163,12 @@ def skip_if_nonfinite(config, state: TrainState, new_state: TrainState, metrics:
 
 
 def make_eval_step(model, config, mesh):
-  """Returns `eval_step(params, batch) -> sums` over a padded batch (image, label, mask)."""
+  """Returns `eval_step(params, batch) -> sums` over a padded batch (image uint8 at any size, label, mask)."""
   confidence = config.gate_confidence
 
   def eval_step(params, batch):
-    logits = model.apply({'params': params}, normalize(batch['image']), method=model.classify)
+    logits = model.apply({'params': params}, prepare_images(batch['image'], model.image_size),
+                         method=model.classify)
     valid = batch['mask']
     correct = (jnp.argmax(logits, -1) == batch['label']) & valid
     confident, confident_correct = gate.high_confidence_counts(logits, batch['label'], valid, confidence)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ssmae_jax import masking
 from ssmae_jax.errors import UserError
-from ssmae_jax.steps import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ssmae_jax.steps import IMAGENET_MEAN, IMAGENET_STD, prepare_images
 
 GREY = 128
 GAP_COLOUR = 255
@@ -99,7 +99,8 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
 def _reconstruct(model, params, images: jax.Array, seed: jax.Array, mask_ratio: float):
   ids_keep, mask, ids_restore = masking.random_masking(jax.random.key(seed), images.shape[0], model.num_patches,
                                                        mask_ratio)
-  pred = model.apply({'params': params}, normalize(images), ids_keep, ids_restore, method=model.reconstruct)
+  pred = model.apply({'params': params}, prepare_images(images, model.image_size), ids_keep, ids_restore,
+                     method=model.reconstruct)
   return pred, mask
 
 

@@ -33,7 +33,8 @@ BENCHMARKS = {
         'gflops_achieved_gate_open', 'images_per_s', 'num_params'}),
     'input_pipeline': (['--steps', '3', '--warmup', '2', '--step_steps', '2'], 2, {
         'steps_per_s', 'examples_per_s', 'images_per_s', 'step_consumes_steps_per_s', 'headroom', 'step_ms',
-        'load_s', 'first_batch_s', 'examples_per_step', 'images_per_step'}),
+        'load_s', 'first_batch_s', 'examples_per_step', 'images_per_step', 'host_cpu_s_per_step',
+        'steps_per_s_per_core'}),
     'epoch': (['--steps', '4', '--warmup', '2'], 2, {
         'total_s', 'startup_s', 'ms_per_step', 'steps_per_s', 'eval_s', 'shutdown_s', 'import_s', 'init_s',
         'steps_per_epoch', 'epoch_s'}),
@@ -92,6 +93,7 @@ def test_benchmark_numbers_agree_with_each_other(results):
   assert data['step_ms_source'] == 'measured'
   assert math.isclose(data['headroom'], data['steps_per_s'] / data['step_consumes_steps_per_s'], rel_tol=0.01)
   assert math.isclose(data['examples_per_s'], 12 * data['steps_per_s'], rel_tol=0.01)
+  assert math.isclose(data['steps_per_s_per_core'] * data['host_cpu_s_per_step'], 1, rel_tol=0.02)
   epoch = results['epoch']
   parts = epoch['startup_s'] + epoch['eval_s'] + epoch['steps'] * epoch['ms_per_step'] / 1e3 + epoch['shutdown_s']
   assert math.isclose(parts, epoch['total_s'], rel_tol=0.01, abs_tol=0.05)

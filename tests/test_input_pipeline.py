@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import socket
 import zlib
 
 import numpy as np
@@ -173,8 +174,24 @@ def test_failed_download_raises_user_error(tmp_path, monkeypatch):
   def no_network(self, *args, **kwargs):
     raise ConnectionError('no route to host')
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_network)
+  monkeypatch.setattr(socket, 'create_connection', lambda *args, **kwargs: socket.socket())  # The host answers.
   with pytest.raises(UserError, match='downloading it failed \\(ConnectionError\\).*TFDS_DATA_DIR'):
     input_pipeline.load_splits(_config(str(tmp_path)))
+
+
+def test_offline_download_fails_within_seconds(tmp_path, monkeypatch):
+  hosts = []
+
+  def unreachable(address, *args, **kwargs):
+    hosts.append(address)
+    raise OSError('network unreachable')
+  monkeypatch.setattr(socket, 'create_connection', unreachable)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda *args, **kwargs: pytest.fail())
+  with pytest.raises(UserError, match=f"'cifar10' is not prepared in {tmp_path} and this machine cannot download it "
+                     r'\(no connection to www\.cs\.toronto\.edu:443, storage\.googleapis\.com:443: network '
+                     r'unreachable\): .*`tfds build cifar10`'):
+    input_pipeline.load_splits(_config(str(tmp_path)))
+  assert hosts == [('www.cs.toronto.edu', 443), ('storage.googleapis.com', 443)]
 
 
 @pytest.mark.parametrize('name, match', [('imdb_reviews', 'no image and label'), ('dmlab', 'not fixed and square')])
@@ -229,11 +246,28 @@ def test_train_batches_keys_shapes_dtypes_and_contents(stream):
     assert not np.array_equal(batch['unlabeled_weak'], batch[key])
 
 
-def test_train_batches_are_resized_to_image_size(stream):
+@pytest.mark.parametrize('image_size, resize_on_device, shipped', [
+    (40, False, 40), (40, True, 32), (16, False, 16), (16, True, 16)])
+def test_train_batches_ship_image_size_or_the_stored_size(stream, image_size, resize_on_device, shipped):
+  """Stored at 32 px: resize_on_device leaves the upsampling to the step; shrinking stays on the host."""
   splits, config, _ = stream
-  batch = next(input_pipeline.train_iterator(splits, _with(config, image_size=40), 0))
-  assert all(batch[k].shape[1:] == (40, 40, 3) for k in ('labeled_image', 'unlabeled_weak', 'unlabeled_strong',
-                                                         'unlabeled_mae'))
+  config = _with(config, image_size=image_size, resize_on_device=resize_on_device)
+  batch = next(input_pipeline.train_iterator(splits, config, 0))
+  assert all(batch[k].shape[1:] == (shipped, shipped, 3) for k in ('labeled_image', 'unlabeled_weak',
+                                                                   'unlabeled_strong', 'unlabeled_mae'))
+
+
+def test_resize_on_device_ships_the_batches_of_a_stored_size_run(stream):
+  splits, config, reference = stream
+  batches = input_pipeline.train_iterator(splits, _with(config, image_size=64, resize_on_device=True), 0)
+  _assert_batches_equal(next(batches), reference[0])
+
+
+@pytest.mark.parametrize('resize_on_device, shipped', [(False, 40), (True, 32)])
+def test_pool_batches_ship_image_size_or_the_stored_size(stream, resize_on_device, shipped):
+  splits, _, _ = stream
+  batch = next(input_pipeline.pool_batches(splits, 16, 40, resize_on_device=resize_on_device))
+  assert batch['image'].shape == (16, shipped, shipped, 3) and batch['mask'].all()
 
 
 def test_need_flags_select_the_streams(stream):
@@ -335,6 +369,10 @@ def test_eval_batches_resize_and_empty_set():
   images, labels = _eval_set(5)
   batch = next(input_pipeline.eval_batches(images, labels, 8, 16))
   assert batch['image'].shape == (8, 16, 16, 3) and batch['mask'].sum() == 5
+  # resize_on_device: stored 8 px images travel as they are; larger ones are still shrunk on the host.
+  for image_size, shipped in ((16, 8), (4, 4)):
+    batch = next(input_pipeline.eval_batches(images, labels, 8, image_size, resize_on_device=True))
+    assert batch['image'].shape == (8, shipped, shipped, 3)
   assert list(input_pipeline.eval_batches(images[:0], labels[:0], 8, 16)) == []
 
 

@@ -1,4 +1,5 @@
-"""Mixed precision: config.model.dtype='bfloat16' computes in bfloat16 and keeps the train state in float32."""
+"""Mixed precision: config.model.dtype='bfloat16' computes in bfloat16 and keeps the train state in float32;
+'auto' picks bfloat16 on accelerators."""
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +90,16 @@ def test_bfloat16_losses_are_finite_and_close_to_float32(runs):
       np.testing.assert_allclose(bf16[key], f32[key], rtol=2e-2, err_msg=key)
     # The losses of steps 2 and 3 are also a check on the parameters the earlier bfloat16 steps produced.
     np.testing.assert_allclose(bf16['grad_norm'], f32['grad_norm'], rtol=5e-2)
+
+
+@pytest.mark.parametrize('name, backend, expected', [
+    ('auto', 'gpu', jnp.bfloat16), ('auto', 'tpu', jnp.bfloat16), ('auto', 'cpu', jnp.float32),
+    ('float32', 'gpu', jnp.float32), ('bfloat16', 'cpu', jnp.bfloat16)])
+def test_compute_dtype(name, backend, expected):
+  assert models.compute_dtype(name, backend) == jnp.dtype(expected)
+
+
+def test_auto_dtype_follows_the_default_backend(monkeypatch):
+  for backend, expected in (('tpu', jnp.bfloat16), ('cpu', jnp.float32)):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    assert models.from_config(tiny_config('auto'), CLASSES).dtype == jnp.dtype(expected)
