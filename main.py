@@ -3,10 +3,16 @@
   TFDS_DATA_DIR=../shared/tfds python main.py --config=configs/cifar10.py --workdir=/tmp/ssmae_c10
 """
 
+import importlib
 import os
+import re
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow's C++ start-up lines (oneDNN, cpu_feature_guard) are logged through absl before absl's log is set up, so
+# TF_CPP_MIN_LOG_LEVEL does not hold them back: its INFO and WARNING lines in glog format, and absl's notice about it.
+_START_UP_NOISE = re.compile(r'(WARNING: All log messages before absl::InitializeLog\(\) is called|[IW]\d{4} )')
 
 # XLA allocates each train step's temporaries (~750 MB at ViT-T/4) afresh; with 4 KiB pages the kernel spends
 # 10-15% of a CPU step faulting them in. glibc reads GLIBC_TUNABLES only at start, hence the re-exec.
@@ -42,11 +48,37 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
     flags.FLAGS.config.method  # The config file loads lazily; make its errors surface here.
-    return rest
   except Exception as e:  # Anything raised while parsing flags or loading the config file is bad user input.
     message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split()).strip('\'"')
     print(f'error: {message} (see --helpfull, and the fields of configs/default.py)', file=sys.stderr)
     sys.exit(2)
+  from ssmae_jax import configuration
+  from ssmae_jax.errors import UserError
+  try:  # Also done by the library; here it comes before TensorFlow and JAX start, within a second or two.
+    configuration.validate(flags.FLAGS.config)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if not flags.FLAGS['verbosity'].present:
+    _import_quietly('tensorflow')
+  return rest
+
+
+def _import_quietly(module: str) -> None:
+  """Imports `module` with the C-level stderr captured, and passes on all but its start-up noise."""
+  sys.stderr.flush()
+  console = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      importlib.import_module(module)
+    finally:
+      os.dup2(console, 2)
+      os.close(console)
+      captured.seek(0)
+      for line in captured.read().decode(errors='replace').splitlines(keepends=True):
+        if not _START_UP_NOISE.match(line):
+          sys.stderr.write(line)
 
 
 def main(argv):

@@ -1,94 +1,107 @@
 """Defaults shared by every config: the SSMAE method exactly as in DESIGN.md §1.
 
-Dataset configs import `get_config()` from here and change only what differs.
+Dataset configs import `get_config()` from here and change only what differs. Each field is declared here once, with
+its default and the values it accepts (ssmae_jax/configuration.py checks every run's config against them): a new field
+needs a declaration too, or every run stops naming it.
 """
 
 import ml_collections
 
+from ssmae_jax import gate
+from ssmae_jax.configuration import (DTYPES, METHODS, NAN_POLICIES, SCHEDULES, Bool, Float, Int, OneOf, Text, Tuple,
+                                     declared)
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = 'ssmae'  # 'ssmae' | 'supervised' | 'mae_pretrain' | 'finetune'
+  c.method = OneOf('ssmae', METHODS)
   # Workdir of a finished run whose encoder and decoder initialise this one (finetune; optional elsewhere).
-  c.init_from = ml_collections.FieldReference(None, field_type=str)
-  c.seed = 0
+  c.init_from = Text(None)
+  c.seed = Int(0, min=0, max=2**32 - 1)  # JAX's PRNG keys hold 32 bits: a larger seed would alias a smaller one.
 
   # Data.
-  c.dataset = 'cifar10'  # A TFDS name, or 'folder': the image folders below (configs/folder.py).
-  c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TFDS_DATA_DIR or TFDS's default.
-  c.labeled_dir = ml_collections.FieldReference(None, field_type=str)  # 'folder': one sub-folder of images per class.
-  c.unlabeled_dir = ml_collections.FieldReference(None, field_type=str)  # 'folder': images anywhere below it.
-  c.test_dir = ml_collections.FieldReference(None, field_type=str)  # 'folder', optional: class sub-folders.
-  c.skip_bad_images = False  # 'folder': skip (and count) unreadable images instead of stopping with an error.
-  c.download = True  # If the dataset is not prepared in the data dir, let TFDS download it (connected machines).
-  c.image_size = 32  # Images are resized to this inside tf.data when the dataset differs.
-  c.label_fraction = 0.1  # Fraction of the train split that is labeled (class-balanced).
-  c.num_labels = ml_collections.FieldReference(None, field_type=int)  # If set, overrides label_fraction.
-  c.val_fraction = 0.1  # Fraction of the labeled examples held out for validation (gate + best checkpoint).
-  c.split_seed = 0  # Same split_seed -> same labeled / validation examples for every method and seed.
-  c.unlabeled_includes_labeled = True  # Reference: the unlabeled pool is the whole train split (minus validation).
-  c.labeled_batch_size = 16  # L, global.
-  c.unlabeled_batch_size = 32  # U, global.
-  c.eval_batch_size = 256
+  c.dataset = Text('cifar10', nonempty=True)  # A TFDS name, or 'folder': the image folders below (configs/folder.py).
+  c.data_dir = Text(None)  # None: $TFDS_DATA_DIR or TFDS's default.
+  c.labeled_dir = Text(None)  # 'folder': one sub-folder of images per class.
+  c.unlabeled_dir = Text(None)  # 'folder': images anywhere below it.
+  c.test_dir = Text(None)  # 'folder', optional: class sub-folders.
+  c.skip_bad_images = Bool(False)  # 'folder': skip (and count) unreadable images instead of stopping with an error.
+  c.download = Bool(True)  # If the dataset is not prepared in the data dir, let TFDS download it (connected machines).
+  c.image_size = Int(32, min=1)  # Images are resized to this inside tf.data when the dataset differs.
+  c.label_fraction = Float(0.1, above=0, max=1)  # Fraction of the train split that is labeled (class-balanced).
+  c.num_labels = Int(None, min=1)  # If set, overrides label_fraction.
+  # Fraction of the labeled examples held out for validation (gate + best checkpoint).
+  c.val_fraction = Float(0.1, min=0, below=1)
+  # Same split_seed -> same labeled / validation examples for every method and seed.
+  c.split_seed = Int(0, min=0, max=2**32 - 1)
+  # Reference: the unlabeled pool is the whole train split (minus validation).
+  c.unlabeled_includes_labeled = Bool(True)
+  c.labeled_batch_size = Int(16, min=1)  # L, global.
+  c.unlabeled_batch_size = Int(32, min=1)  # U, global.
+  c.eval_batch_size = Int(256, min=1)
   c.augment = ml_collections.ConfigDict(dict(
-      labeled_rotation=15.0,
-      labeled_jitter=(0.2, 0.2, 0.2, 0.1),  # brightness, contrast, saturation, hue
-      strong_rotation=30.0,
-      strong_jitter=(0.4, 0.4, 0.4, 0.2),
-      strong_grayscale_p=0.2,
-      strong_blur_sigma=(0.1, 2.0),
-      strong_translate=0.1,
+      labeled_rotation=Float(15.0, min=0, max=180),  # Degrees, both ways.
+      labeled_jitter=Tuple((0.2, 0.2, 0.2, 0.1), brightness=Float(min=0), contrast=Float(min=0),
+                           saturation=Float(min=0), hue=Float(min=0, max=0.5)),
+      strong_rotation=Float(30.0, min=0, max=180),
+      strong_jitter=Tuple((0.4, 0.4, 0.4, 0.2), brightness=Float(min=0), contrast=Float(min=0),
+                          saturation=Float(min=0), hue=Float(min=0, max=0.5)),
+      strong_grayscale_p=Float(0.2, min=0, max=1),
+      strong_blur_sigma=Tuple((0.1, 2.0), low=Float(above=0), high=Float(above=0), ordered=True),
+      strong_translate=Float(0.1, min=0, max=1),  # Fraction of the image size, both ways.
       # 'folder': training views start from a random crop of this area fraction and aspect ratio of the file.
-      crop_scale=(0.35, 1.0),
-      crop_ratio=(3 / 4, 4 / 3),
+      crop_scale=Tuple((0.35, 1.0), low=Float(above=0, max=1), high=Float(above=0, max=1), ordered=True),
+      crop_ratio=Tuple((3 / 4, 4 / 3), low=Float(above=0), high=Float(above=0), ordered=True),
   ))
 
   # Model: ViT encoder, MAE decoder, linear head.
   c.model = ml_collections.ConfigDict(dict(
-      patch_size=4,
-      width=192,
-      depth=12,
-      num_heads=3,
-      mlp_ratio=4.0,
-      decoder_width=128,
-      decoder_depth=2,
-      decoder_num_heads=4,
-      dtype='float32',  # Compute dtype; 'bfloat16' for mixed precision on GPU/TPU (params stay float32).
+      patch_size=Int(4, min=1),
+      width=Int(192, min=1),
+      depth=Int(12, min=1),
+      num_heads=Int(3, min=1),
+      mlp_ratio=Float(4.0, above=0),
+      decoder_width=Int(128, min=1),
+      decoder_depth=Int(2, min=1),
+      decoder_num_heads=Int(4, min=1),
+      dtype=OneOf('float32', DTYPES),  # Compute dtype; 'bfloat16' for mixed precision on GPU/TPU (params stay float32).
   ))
-  c.mask_ratio = 0.75
-  c.norm_pix_loss = False
+  c.mask_ratio = Float(0.75, min=0, below=1)
+  c.norm_pix_loss = Bool(False)
 
   # SSMAE.
-  c.cls_weight = 1.0  # lambda in L = L_rec + lambda * L_cls.
-  c.rec_weight = 1.0  # 0 removes the reconstruction term (ablation).
-  c.tau = 0.95  # Confidence threshold on both views.
-  c.require_agreement = True  # argmax p_w == argmax p_s.
-  c.sticky = True  # Once given, a pseudo-label is kept forever.
-  c.gate = 'dynamic'  # 'dynamic' | 'always_open' | 'never'.
-  c.gate_threshold = 0.70  # HCA needed to open the gate.
-  c.gate_confidence = 0.95  # Max-probability above which a validation example counts for HCA.
-  c.warmup_epochs = 10
+  c.cls_weight = Float(1.0, min=0)  # lambda in L = L_rec + lambda * L_cls.
+  c.rec_weight = Float(1.0, min=0)  # 0 removes the reconstruction term (ablation).
+  # Confidence threshold on both views: max p > tau, so 1 would let nothing pass (gate='never' is that ablation).
+  c.tau = Float(0.95, min=0, below=1)
+  c.require_agreement = Bool(True)  # argmax p_w == argmax p_s.
+  c.sticky = Bool(True)  # Once given, a pseudo-label is kept forever.
+  c.gate = OneOf('dynamic', gate.GATE_MODES)
+  c.gate_threshold = Float(0.70, min=0, max=1)  # HCA needed to open the gate.
+  c.gate_confidence = Float(0.95, min=0, below=1)  # Max-probability above which a validation example counts for HCA.
+  c.warmup_epochs = Int(10, min=0)  # Epochs before the gate may open; 0: from the first.
 
   # Optimisation.
-  c.num_epochs = 400  # An epoch is num_labeled_train // labeled_batch_size steps.
-  c.num_steps = ml_collections.FieldReference(None, field_type=int)  # If set, overrides num_epochs.
+  # An epoch is num_labeled_train // labeled_batch_size steps. 0: num_steps alone sets the length.
+  c.num_epochs = Int(400, min=0)
+  c.num_steps = Int(None, min=1)  # If set, overrides num_epochs.
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4,
-      weight_decay=0.05,
-      b1=0.9,
-      b2=0.999,
-      schedule='constant',  # 'constant' | 'cosine'
-      warmup_steps=0,
-      grad_clip_norm=0.0,  # 0 disables clipping.
+      learning_rate=Float(1e-4, above=0),  # The peak, after warmup_steps.
+      weight_decay=Float(0.05, min=0),
+      b1=Float(0.9, min=0, below=1),
+      b2=Float(0.999, min=0, below=1),
+      schedule=OneOf('constant', SCHEDULES),
+      warmup_steps=Int(0, min=0),  # Linear warmup from 0; 0: none.
+      grad_clip_norm=Float(0.0, min=0),  # 0 disables clipping.
   ))
   # A non-finite loss or gradient: 'stop' (error naming the step; the last good checkpoint is kept) | 'skip' (that
   # step leaves params, optimizer and memory unchanged; skips are counted and logged).
-  c.nan_policy = 'stop'
+  c.nan_policy = OneOf('stop', NAN_POLICIES)
 
   # Evaluation, logging, checkpoints.
-  c.test_every_epochs = 1  # Test accuracy is for the logs only; 0 = only at the end.
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2
-  c.allow_config_change = False
-  return c
+  c.test_every_epochs = Int(1, min=0)  # Test accuracy is for the logs only; 0 = only at the end.
+  c.log_every_steps = Int(50, min=1)
+  c.checkpoint_every_steps = Int(1000, min=1)
+  c.keep_checkpoints = Int(2, min=1)
+  c.allow_config_change = Bool(False)
+  return declared(c)

@@ -81,6 +81,29 @@ def _builder(config: Any) -> tfds.core.DatasetBuilder:
     if not config.download:
       raise UserError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and '
                       f'config.download is False: {offline_fix}')
+    import socket
+    import urllib.parse
+    import urllib.request
+    # Offline, TFDS retries each download for minutes. A quick connection to a host it would download from (the
+    # dataset's own, TFDS's copies on storage.googleapis.com, or the proxy when there is one) tells within seconds.
+    proxy = urllib.parse.urlsplit(urllib.request.getproxies().get('https', ''))
+    if proxy.hostname:
+      hosts = [(proxy.hostname, proxy.port or 80)]
+    else:
+      urls = [urllib.parse.urlsplit(url) for url in builder.url_infos or {}]
+      hosts = list(dict.fromkeys([(u.hostname, u.port or (80 if u.scheme == 'http' else 443)) for u in urls
+                                  if u.hostname] + [('storage.googleapis.com', 443)]))
+    failures = []
+    for host, port in hosts:
+      try:
+        socket.create_connection((host, port), timeout=3).close()
+        break
+      except OSError as e:
+        failures.append(e)
+    else:
+      tried = ', '.join(f'{host}:{port}' for host, port in hosts)
+      raise UserError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and this machine '
+                      f'cannot download it (no connection to {tried}: {failures[0]}): {offline_fix}')
     try:
       builder.download_and_prepare()
     except Exception as e:  # No network, a proxy, a full disk: all end the same way for the user.

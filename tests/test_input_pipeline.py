@@ -186,6 +186,8 @@ def test_offline_download_fails_within_seconds(tmp_path, monkeypatch):
     hosts.append(address)
     raise OSError('network unreachable')
   monkeypatch.setattr(socket, 'create_connection', unreachable)
+  for name in ('https_proxy', 'HTTPS_PROXY'):  # Else the proxy is the one host asked.
+    monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda *args, **kwargs: pytest.fail())
   with pytest.raises(UserError, match=f"'cifar10' is not prepared in {tmp_path} and this machine cannot download it "
                      r'\(no connection to www\.cs\.toronto\.edu:443, storage\.googleapis\.com:443: network '

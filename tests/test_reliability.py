@@ -362,8 +362,8 @@ def test_nonfinite_step_stops_keeping_the_last_good_checkpoint_then_skip_policy_
 
 @pytest.mark.parametrize('overrides, message', [
     (dict(nan_policy='ignore'), 'config.nan_policy'),
-    (dict(num_steps=0, num_epochs=0), 'trains nothing'),
-    (dict(num_steps=-3), 'trains nothing'),
+    (dict(num_steps=None, num_epochs=0), 'trains nothing'),
+    (dict(num_steps=-3), r'config\.num_steps=-3 is not allowed: it must be None or an integer >= 1'),
     (dict(log_every_steps=0), 'config.log_every_steps=0'),
     (dict(checkpoint_every_steps=0), 'config.checkpoint_every_steps=0'),
 ])
