@@ -88,14 +88,20 @@ def main(argv):
   import tensorflow as tf
   # tf.data only runs on the host; the accelerators belong to JAX.
   tf.config.set_visible_devices([], 'GPU')
+  import jax
   from ssmae_jax import sharding
   from ssmae_jax.errors import UserError
   try:
     f = flags.FLAGS
     if f.distributed or f.coordinator_address or f.num_processes is not None or f.process_id is not None:
       sharding.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-    from ssmae_jax import train  # Only now: its modules create arrays, which starts JAX on this process alone.
     mode, config, workdir = flags.FLAGS.mode, flags.FLAGS.config, flags.FLAGS.workdir
+    from ssmae_jax import runtime
+    if mode != 'plots':
+      runtime.enable_compilation_cache(config, workdir)  # Before anything compiles.
+      if jax.process_index() == 0:
+        print('\n'.join(runtime.describe(config)), flush=True)
+    from ssmae_jax import train  # Only now: its modules create arrays, which starts JAX on this process alone.
     if mode == 'train':
       train.train_and_evaluate(config, workdir)
     elif mode == 'eval':

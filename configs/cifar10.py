@@ -21,4 +21,5 @@ def get_config():
   c.test_every_epochs = 10
   c.checkpoint_every_steps = 2000
   c.log_every_steps = 200
+  c.cpu_config = 'configs/cifar10_cpu.py'
   return c

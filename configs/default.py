@@ -27,7 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.test_dir = Text(None)  # 'folder', optional: class sub-folders.
   c.skip_bad_images = Bool(False)  # 'folder': skip (and count) unreadable images instead of stopping with an error.
   c.download = Bool(True)  # If the dataset is not prepared in the data dir, let TFDS download it (connected machines).
-  c.image_size = Int(32, min=1)  # Images are resized to this inside tf.data when the dataset differs.
+  # The model's input size; images of another size are resized to it (see resize_on_device).
+  c.image_size = Int(32, min=1)
+  # True: tf.data augments at the dataset's own resolution and ships uint8 at that size; the jitted step upsamples to
+  # image_size on the accelerator (the host does ~(image_size / stored size)^2 less work). False: tf.data resizes
+  # first and augments at image_size (the reference's order: its transforms resize, then augment).
+  c.resize_on_device = Bool(True)
   c.label_fraction = Float(0.1, above=0, max=1)  # Fraction of the train split that is labeled (class-balanced).
   c.num_labels = Int(None, min=1)  # If set, overrides label_fraction.
   # Fraction of the labeled examples held out for validation (gate + best checkpoint).
@@ -64,7 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
       decoder_width=Int(128, min=1),
       decoder_depth=Int(2, min=1),
       decoder_num_heads=Int(4, min=1),
-      dtype=OneOf('float32', DTYPES),  # Compute dtype; 'bfloat16' for mixed precision on GPU/TPU (params stay float32).
+      # Compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'. Parameters and
+      # optimizer state are float32 whatever the compute dtype.
+      dtype=OneOf('auto', DTYPES),
   ))
   c.mask_ratio = Float(0.75, min=0, below=1)
   c.norm_pix_loss = Bool(False)
@@ -104,4 +111,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = Int(1000, min=1)
   c.keep_checkpoints = Int(2, min=1)
   c.allow_config_change = Bool(False)
+  c.tensorboard = Bool(True)  # TensorBoard event files in the workdir (TensorFlow's writer; gs:// included).
+  # XLA's persistent compilation cache, so a resumed run loads its compiled steps instead of compiling them again.
+  # None: $JAX_COMPILATION_CACHE_DIR if set, else WORKDIR/compilation_cache (in a bucket workdir it survives a
+  # preempted VM); '' turns it off.
+  c.compilation_cache_dir = Text(None)
+  # (first step, number of steps): a JAX profiler trace of those steps in WORKDIR/profile (TensorBoard's Profile
+  # tab). A count of 0 takes none.
+  c.profile_steps = Tuple((0, 0), first_step=Int(min=0), count=Int(min=0))
+  # A config file suited to a CPU, named at start-up when this config runs on one (None: this one suits a CPU).
+  c.cpu_config = Text(None)
   return declared(c)

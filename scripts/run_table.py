@@ -19,7 +19,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssmae_jax import report  # noqa: E402
+from ssmae_jax import fileio, report  # noqa: E402
 
 
 def runs(methods: list[str], fractions: list[float], seeds: list[int]):
@@ -35,7 +35,8 @@ def runs(methods: list[str], fractions: list[float], seeds: list[int]):
 
 def workdir(root: str, dataset: str, method: str, fraction: float | None, seed: int) -> str:
   labels = 'all' if fraction is None else f'labels{fraction:g}'
-  return os.path.join(root, dataset, method, labels, f'seed{seed}')
+  # A bucket (gs://...) or a local folder: string joins, since os.path would make a URL local.
+  return '/'.join([root.rstrip('/'), dataset, method, labels, f'seed{seed}'])
 
 
 def main() -> int:
@@ -58,7 +59,7 @@ def main() -> int:
 
   for method, fraction, seed in runs(methods, fractions, seeds):
     wd = workdir(args.root, args.dataset, method, fraction, seed)
-    if os.path.exists(os.path.join(wd, 'results.json')):
+    if (fileio.path(wd) / 'results.json').exists():
       continue
     command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
                f'--config.method={method}', f'--config.dataset={args.dataset}', f'--config.seed={seed}']

@@ -6,12 +6,12 @@ resumed run continues exactly where the checkpoint was.
 """
 
 import copy
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from ssmae_jax import fileio
 from ssmae_jax.errors import UserError
 
 
@@ -23,13 +23,13 @@ class Checkpoints:
   """The two checkpoint managers of a run."""
 
   def __init__(self, workdir: str, keep: int):
-    workdir = os.path.abspath(workdir)
+    workdir = fileio.path(workdir)
     self.latest = ocp.CheckpointManager(
-        os.path.join(workdir, 'checkpoints'),
+        workdir / 'checkpoints',
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_names=('state', 'meta'))
     self.best = ocp.CheckpointManager(
-        os.path.join(workdir, 'best'),
+        workdir / 'best',
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
         item_names=('params', 'meta'))
 
@@ -105,10 +105,10 @@ def load_pretrained(path: str, fresh_params: dict) -> dict:
   The classifier head stays freshly initialised: the source may have been trained for other classes, or not
   for classification at all (mae_pretrain).
   """
-  path = os.path.abspath(path)
-  directory = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
+  path = fileio.path(path)
+  directory = path if path.name == 'checkpoints' else path / 'checkpoints'
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=('state', 'meta')) if os.path.isdir(directory) else None
+                                  item_names=('state', 'meta')) if directory.is_dir() else None
   step = manager.latest_step() if manager else None
   if step is None:
     raise UserError(f'config.init_from={path} holds no checkpoint (looked in {directory}): point it at the workdir '

@@ -24,7 +24,7 @@ DTYPES = ('auto', 'float32', 'bfloat16')
 RESUME_SAFE_FIELDS = ('allow_config_change', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                       'test_every_epochs', 'eval_batch_size', 'data_dir', 'nan_policy',
                       'labeled_dir', 'unlabeled_dir', 'test_dir', 'tensorboard', 'compilation_cache_dir',
-                      'profile_steps')
+                      'profile_steps', 'cpu_config')
 
 # A tuple element has no default of its own: the tuple's default covers it.
 _ELEMENT = object()

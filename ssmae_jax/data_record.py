@@ -9,17 +9,21 @@ another version of the dataset is refused too.
 """
 
 import hashlib
-import json
 import os
 
 import numpy as np
 
+from ssmae_jax import fileio
 from ssmae_jax.errors import UserError
 
 FILE_NAME = 'data.json'
 
 
 def _relative(paths, root: str) -> list[str]:
+  if fileio.is_remote(root):
+    # Not os.path.relpath: it would take a bucket URL (gs://b/x) for a path below the current directory.
+    prefix = root.rstrip('/') + '/'
+    return [str(p).removeprefix(prefix) for p in paths]
   return [os.path.relpath(str(p), root) for p in paths]
 
 
@@ -81,9 +85,9 @@ def difference(saved: dict, current: dict, config) -> str | None:
   return '; '.join(changes) or 'its file list differs'
 
 
-def _has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+def _has_checkpoint(workdir) -> bool:
+  directory = fileio.path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def check(workdir: str, splits, config, record: bool) -> None:
@@ -92,11 +96,10 @@ def check(workdir: str, splits, config, record: bool) -> None:
   A workdir without a checkpoint has nothing to resume: its data.json is simply replaced. One of a run older than
   data.json is recorded at its next start.
   """
-  path = os.path.join(workdir, FILE_NAME)
+  path = fileio.path(workdir) / FILE_NAME
   current = describe(splits, config)
-  if os.path.exists(path) and _has_checkpoint(workdir):
-    with open(path) as f:
-      saved = json.load(f)
+  if path.exists() and _has_checkpoint(workdir):
+    saved = fileio.read_json(path)
     change = difference(saved, current, config)
     if change is None:
       return
@@ -108,6 +111,4 @@ def check(workdir: str, splits, config, record: bool) -> None:
     raise UserError(f'The data differs from what the run in --workdir={workdir} started on ({FILE_NAME}): {change}; '
                     f'{fix}.')
   if record:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(current, f)
-    os.replace(path + '.tmp', path)
+    fileio.write_json(path, current)

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow as tf
 
@@ -38,7 +39,7 @@ def _is_image(name: str) -> bool:
 def _require_dir(path: str | None, field: str) -> str:
   if not path:
     raise UserError(f'config.{field} is not set: pass --config.{field}=/path/to/folder.')
-  if not os.path.isdir(path):
+  if not epath.Path(path).is_dir():
     raise UserError(f'config.{field}={path} is not a folder (missing or misspelt?).')
   return path
 
@@ -46,9 +47,9 @@ def _require_dir(path: str | None, field: str) -> str:
 def list_images(root: str) -> list[str]:
   """Sorted paths of the image files anywhere below root; hidden files and folders are skipped."""
   found = []
-  for dirpath, dirnames, filenames in os.walk(root):
+  for dirpath, dirnames, filenames in epath.Path(root).walk():
     dirnames[:] = [d for d in dirnames if not d.startswith('.')]
-    found += [os.path.join(dirpath, f) for f in filenames if _is_image(f)]
+    found += [str(dirpath / f) for f in filenames if _is_image(f)]
   # Every path starts with root, so this is also the order of the paths relative to it.
   return sorted(found)
 
@@ -56,10 +57,10 @@ def list_images(root: str) -> list[str]:
 def class_folders(root: str, field: str) -> dict[str, list[str]]:
   """{class name: sorted image paths} of the sub-folders of root, in name order; an empty class is an error."""
   _require_dir(root, field)
-  names = sorted(d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
+  names = sorted(d.name for d in epath.Path(root).iterdir() if not d.name.startswith('.') and d.is_dir())
   classes = {}
   for name in names:
-    folder = os.path.join(root, name)
+    folder = str(epath.Path(root) / name)
     classes[name] = list_images(folder)
     if not classes[name]:
       raise UserError(f'Class folder {folder} holds no image ({", ".join(IMAGE_EXTENSIONS)}): add images or remove '
@@ -78,8 +79,16 @@ def decode(contents: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(image, [None, None, 3])
 
 
+def _read_with_epath(path: bytes) -> bytes:
+  return epath.Path(os.fsdecode(path)).read_bytes()
+
+
 def read(path: tf.Tensor) -> tf.Tensor:
-  return decode(tf.io.read_file(path))
+  """A file's decoded image; a bucket's (gs://...) through epath, so it is read by the client the workdir uses."""
+  remote = tf.strings.regex_full_match(path, '[a-zA-Z][a-zA-Z0-9+.-]*://.*')
+  contents = tf.cond(remote, lambda: tf.numpy_function(_read_with_epath, [path], tf.string, stateful=False),
+                     lambda: tf.io.read_file(path))
+  return decode(tf.ensure_shape(contents, []))
 
 
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int, scale=(0.35, 1.0),
@@ -161,7 +170,7 @@ def load_folders(config) -> FolderData:
   """Lists and checks config.labeled_dir, unlabeled_dir and test_dir: every image decodes before training starts."""
   classes = class_folders(config.labeled_dir, 'labeled_dir')
   if len(classes) < 2:
-    loose = len([f for f in os.listdir(config.labeled_dir) if _is_image(f)])
+    loose = len([f for f in epath.Path(config.labeled_dir).iterdir() if _is_image(f.name)])
     found = f' ({", ".join(classes)})' if classes else ''
     loose_note = f'; its {loose} images outside class folders are not read' if loose else ''
     raise UserError(f'config.labeled_dir={config.labeled_dir} has {len(classes)} class folder(s){found}{loose_note}: '

@@ -1,13 +1,13 @@
 """Labels for the unlabeled pool: the model's predictions beside the pseudo-label memory, in pseudo_labels.csv."""
 
 import csv
-import os
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssmae_jax import input_pipeline, sharding, steps
+from ssmae_jax import fileio, input_pipeline, sharding, steps
 from ssmae_jax.errors import UserError
 
 CSV_NAME = 'pseudo_labels.csv'
@@ -32,6 +32,7 @@ def pool_predictions(model, params, splits, config, mesh) -> tuple[np.ndarray, n
   predict_step = make_predict_step(model, mesh)
   classes, confidences = [], []
   for batch in input_pipeline.pool_batches(splits, config.eval_batch_size, config.image_size,
+                                           resize_on_device=config.resize_on_device,
                                            process_index=jax.process_index(), process_count=jax.process_count()):
     images = sharding.to_global({'image': batch['image']}, mesh)['image']
     c, p = jax.device_get(predict_step(params, images))
@@ -79,12 +80,12 @@ def write_pseudo_labels(workdir: str, model, params, memory, splits, config, mes
                     '(config.method=finetune, config.init_from=WORKDIR).')
   classes, confidences = pool_predictions(model, params, splits, config, mesh)
   rows = pseudo_label_rows(splits, np.asarray(jax.device_get(memory)), classes, confidences, config.tau)
-  path = os.path.join(workdir, CSV_NAME)
+  path = fileio.path(workdir) / CSV_NAME
   if jax.process_index() == 0:
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
     # Paths as the file system spells them, even where that is not valid UTF-8.
-    with open(path + '.tmp', 'w', newline='', encoding='utf-8', errors='surrogateescape') as f:
-      writer = csv.writer(f)
-      writer.writerow(COLUMNS)
-      writer.writerows(rows)
-    os.replace(path + '.tmp', path)
+    fileio.write_text(path, text.getvalue(), errors='surrogateescape')
   return path

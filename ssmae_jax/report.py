@@ -7,13 +7,11 @@ averaged together: each variant gets its own row, named by the config fields tha
 """
 
 import collections
-import glob
 import json
-import os
 import statistics
 import sys
 
-from ssmae_jax import configuration
+from ssmae_jax import configuration, fileio
 
 # Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (DESIGN.md §1). Percent.
 PAPER = {
@@ -24,6 +22,8 @@ PAPER = {
     ('cifar100', 'supervised'): {0.1: 20.86},
     ('cifar100', 'finetune'): {0.1: 21.72},
 }
+# What a workdir holds besides its JSON files.
+RUN_FOLDERS = ('checkpoints', 'best', 'figures', 'compilation_cache', 'profile')
 METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
 # Fields that say where or how a run was kept, not what it learned; seeds are what a row averages over.
 NOT_A_VARIANT = ('seed', 'data_dir', 'init_from', 'labeled_dir', 'unlabeled_dir', 'test_dir',
@@ -41,20 +41,24 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 
 def find_results(paths: list[str]) -> list[str]:
+  """results.json files: the paths that are files, and those anywhere below the others (local or gs://)."""
   found = []
   for path in paths:
-    if os.path.isfile(path):
+    if fileio.path(path).is_file():
       found.append(path)
-    else:
-      found += sorted(glob.glob(os.path.join(path, '**', 'results.json'), recursive=True))
+      continue
+    for directory, subdirectories, files in fileio.path(path).walk():
+      # A run's own folders hold no results.json; in a bucket each listing is a request.
+      subdirectories[:] = sorted(d for d in subdirectories if d not in RUN_FOLDERS)
+      if 'results.json' in files:
+        found.append(str(directory / 'results.json'))
   return found
 
 
 def load(paths: list[str]) -> list[dict]:
   runs = []
   for path in find_results(paths):
-    with open(path) as f:
-      r = json.load(f)
+    r = fileio.read_json(path)
     if r.get('test_accuracy') is None:
       continue
     runs.append(dict(dataset=r['dataset'], method=r.get('method', 'ssmae'), label_fraction=r['label_fraction'],

@@ -1,9 +1,7 @@
 """The training loop: epochs, the validation gate, logging, checkpoints, results.json; and `evaluate`."""
 
 import collections
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -16,8 +14,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssmae_jax import baselines, checkpointing, configuration, data_record, gate, input_pipeline, masking, models
-from ssmae_jax import predict, sharding, steps, train_state, visualize
+from ssmae_jax import augment, baselines, checkpointing, configuration, data_record, fileio, gate, input_pipeline, masking
+from ssmae_jax import models
+from ssmae_jax import predict, runtime, sharding, steps, train_state, visualize
 from ssmae_jax.errors import UserError
 
 PREFETCH_TO_DEVICE = 2
@@ -68,6 +67,7 @@ def evaluate_arrays(eval_step, params, images, labels, config, mesh) -> dict | N
   """Accuracy and HCA of `params` on a whole split (None if empty); each example counted once on any device count."""
   total = None
   for batch in input_pipeline.eval_batches(images, labels, config.eval_batch_size, config.image_size,
+                                           resize_on_device=config.resize_on_device,
                                            process_index=jax.process_index(), process_count=jax.process_count()):
     sums = eval_step(params, sharding.to_global(batch, mesh))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
@@ -143,7 +143,7 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, training: bool = True):
     configuration.validate(config)
     self.config = config
-    self.workdir = workdir
+    self.workdir = workdir = fileio.path(workdir)
     self.is_main = jax.process_index() == 0
     self.mesh = sharding.make_mesh()
     for name in ('labeled_batch_size', 'unlabeled_batch_size', 'eval_batch_size'):
@@ -164,10 +164,12 @@ class Run:
     self.eval_step = steps.make_eval_step(self.model, config, self.mesh)
     self.checkpoints = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
     shown = self.splits.val_idx if len(self.splits.val_idx) else self.splits.labeled_idx
-    self.figure_images = self.splits.eval_images(shown[:NUM_FIGURE_IMAGES], config.image_size)
+    # At the model's size: the grid sets each original beside its reconstruction.
+    self.figure_images = np.asarray(augment.resize(
+        self.splits.eval_images(shown[:NUM_FIGURE_IMAGES], config.image_size), config.image_size))
     # Once, not per evaluation: for folder data this decodes files.
     self.val_images = self.splits.eval_images(self.splits.val_idx, config.image_size)
-    self.figures_dir = os.path.join(workdir, 'figures')
+    self.figures_dir = workdir / 'figures'
     hidden = self.splits.train_labels[self.splits.unlabeled_idx].astype(np.int32)
     self.hidden_labels = jax.device_put(hidden, sharding.replicated(self.mesh))
 
@@ -204,7 +206,8 @@ class Run:
     start_step = int(self.state.step)
     start_wall = time.time() - meta['wall_seconds']
     # TensorBoard event files from process 0; the console gets our own lines, not the logging writer's.
-    writer = metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(self.workdir)] if self.is_main else [])
+    writer = metric_writers.AsyncMultiWriter(
+        [metric_writers.SummaryWriter(str(self.workdir))] if self.is_main and config.tensorboard else [])
     if start_step == 0:
       writer.write_hparams({k: v for k, v in _flatten(cfg_dict).items() if isinstance(v, (int, float, str, bool))})
 
@@ -219,6 +222,7 @@ class Run:
 
     window = MetricWindow()
     preemption = PreemptionWatch(self.checkpoints)
+    profile = runtime.StepProfile(config.profile_steps, self.workdir)
     for step in range(start_step, self.total_steps):
       epoch = step // self.steps_per_epoch
       if step % self.steps_per_epoch == 0 and meta['last_epoch_evaluated'] < epoch:
@@ -226,9 +230,17 @@ class Run:
         self._epoch_boundary(epoch, meta, writer, start_wall)
       batch = next(batches)
       batch.pop('unlabeled_label', None)
+      profile.before(step)
+      step_start = time.perf_counter()
       self.state, metrics = train_step(self.state, batch)
+      if step == start_step:  # One host sync, to say what compiling cost and what the cache saved.
+        jax.block_until_ready(metrics)
+        self._print_first_step(time.perf_counter() - step_start)
       window.add(metrics)
       done = step + 1
+      traced = profile.after(done, self.state)
+      if traced:
+        self._print(f'Profiler trace of steps {profile.first}-{done - 1} in {traced} (TensorBoard: Profile tab).')
       if done % config.log_every_steps == 0 or done == self.total_steps:
         self._flush(window, done, meta, writer)
       preempted = preemption.reached(done)
@@ -259,7 +271,7 @@ class Run:
     if self.is_main:
       visualize.plot_history(visualize.load_history(self.workdir), self.figures_dir)
     if self.is_main:
-      _write_json(os.path.join(self.workdir, 'results.json'), results, indent=2)
+      fileio.write_json(self.workdir / 'results.json', results, indent=2)
     self._print(summary_table(meta['history']))
     self._print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels '
                 '(precision {}), gate opened at epoch {}; {}.'.format(
@@ -271,6 +283,12 @@ class Run:
       self._print(f'Wrote {self.write_pseudo_labels()}')  # What a folder user came for: labels for their files.
     self.checkpoints.close()
     return results
+
+  def _print_first_step(self, seconds: float) -> None:
+    stats = runtime.cache_stats()
+    cache = ('compilation cache off' if stats is None else
+             f'{stats[0]} compiled function(s) loaded from the cache, {stats[1]} compiled and cached')
+    self._print(f'First step took {seconds:.1f} s including compilation ({cache}).')
 
   def write_pseudo_labels(self) -> str:
     """WORKDIR/pseudo_labels.csv from the current state: the memory and the model's predictions on the pool."""
@@ -361,7 +379,7 @@ class Run:
     pred, mask = visualize.reconstruct(self.model, params, self.figure_images, mask_ratio=self.config.mask_ratio)
     grid = visualize.reconstruction_grid(self.figure_images, pred, mask, self.model.patch_size,
                                          norm_pix_loss=self.config.norm_pix_loss)
-    path = os.path.join(self.figures_dir, name)
+    path = self.figures_dir / name
     if self.is_main:
       visualize.save_png(path, grid)
     return path, grid
@@ -384,7 +402,7 @@ class Run:
         steps_per_epoch=self.steps_per_epoch,
         epochs=meta['history'],
     )
-    _write_json(os.path.join(self.workdir, 'history.json'), history, indent=1)
+    fileio.write_json(self.workdir / 'history.json', history, indent=1)
 
   def _results(self, meta: dict, cfg_dict: dict) -> dict:
     last = meta['history'][-1]
@@ -442,34 +460,27 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   return out
 
 
-def _prepare_workdir(workdir: str, config, record: bool) -> None:
+def _prepare_workdir(workdir, config, record: bool) -> None:
   """Creates the workdir, refuses one that holds a run of another config, and records this config."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
-    with open(probe, 'w'):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f'Cannot write to --workdir={workdir} ({e.strerror}): choose a writable directory.') from None
-  path = os.path.join(workdir, 'config.json')
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f'.write_test_{jax.process_index()}'
+    probe.write_text('')
+    probe.unlink()
+  except Exception as e:  # OSError locally; the bucket clients raise their own types (permissions, no bucket).
+    why = getattr(e, 'strerror', None) or (str(e).splitlines() or [type(e).__name__])[0]
+    raise UserError(f'Cannot write to --workdir={workdir} ({why}): choose a writable directory (for a bucket: '
+                    'one that exists and that this machine\'s service account may write).') from None
+  path = workdir / 'config.json'
   current = configuration.to_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if path.exists():
+    saved = fileio.read_json(path)
     changed = configuration.changed_fields(saved, current)
     if changed and not config.allow_config_change:
       raise UserError(f'--workdir={workdir} holds a run of another config (changed: {", ".join(changed)}): use a '
                       'new --workdir, or pass --config.allow_config_change=True to resume it anyway.')
   if record:
-    _write_json(path, current, indent=2)
-
-
-def _write_json(path: str, data, indent: int) -> None:
-  """Whole or not at all: a run killed while writing leaves the previous file (or none), never half of one."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(data, f, indent=indent)
-  os.replace(path + '.tmp', path)
+    fileio.write_json(path, current, indent=2)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -526,13 +537,14 @@ def predict_pool(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def plots(workdir: str) -> list[str]:
   """Curves of a finished or running workdir from its history.json -> WORKDIR/figures/*.png."""
-  paths = visualize.plot_history(visualize.load_history(workdir), os.path.join(workdir, 'figures'))
+  workdir = fileio.path(workdir)
+  paths = visualize.plot_history(visualize.load_history(workdir), workdir / 'figures')
   print('Wrote ' + ', '.join(paths))
   return paths
 
 
 def _run_for_reading(config: ml_collections.ConfigDict, workdir: str) -> 'Run':
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if not (fileio.path(workdir) / 'checkpoints').is_dir():
     raise UserError(f'No checkpoints in --workdir={workdir}: train first (--mode=train) or point at a run.')
   config = config.copy_and_resolve_references()
   with config.unlocked():

@@ -6,9 +6,9 @@ notebook or script that also uses pyplot.
 """
 
 import functools
+import io
 import json
 import math
-import os
 from typing import Any, Sequence
 
 import jax
@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssmae_jax import masking
+from ssmae_jax import fileio, masking
 from ssmae_jax.errors import UserError
 from ssmae_jax.steps import IMAGENET_MEAN, IMAGENET_STD, prepare_images
 
@@ -114,20 +114,18 @@ def reconstruct(model, params, images_uint8: np.ndarray, *, mask_ratio: float,
   return np.asarray(jax.device_get(pred)), np.asarray(jax.device_get(mask))
 
 
-def save_png(path: str, image_uint8: np.ndarray) -> None:
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  matplotlib.image.imsave(path, np.asarray(image_uint8, np.uint8))
+def save_png(path, image_uint8: np.ndarray) -> None:
+  png = io.BytesIO()
+  matplotlib.image.imsave(png, np.asarray(image_uint8, np.uint8), format='png')
+  fileio.write_bytes(path, png.getvalue())
 
 
-def load_history(workdir: str) -> dict:
-  path = os.path.join(workdir, 'history.json')
-  if not os.path.exists(path):
+def load_history(workdir) -> dict:
+  path = fileio.path(workdir) / 'history.json'
+  if not path.exists():
     raise UserError(f'no history.json in {workdir}: train first (--mode=train) or point --workdir at a run')
   try:
-    with open(path) as f:
-      history = json.load(f)
+    history = fileio.read_json(path)
   except json.JSONDecodeError as e:
     raise UserError(f'{path} is not valid JSON ({e}): it was not written by the trainer') from None
   if not history.get('epochs'):
@@ -141,10 +139,12 @@ def _new_figure() -> tuple[Figure, Any]:
   return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, out_dir: str, name: str) -> str:
-  path = os.path.join(out_dir, name)
-  fig.savefig(path, dpi=FIG_DPI)
-  return path
+def _save(fig: Figure, out_dir, name: str) -> str:
+  path = fileio.path(out_dir) / name
+  png = io.BytesIO()
+  fig.savefig(png, dpi=FIG_DPI, format='png')
+  fileio.write_bytes(path, png.getvalue())
+  return str(path)
 
 
 def _series(records: list[dict], key: str, scale: float = 1.0, shift: float = 0.0) -> tuple[list, list]:
@@ -288,6 +288,5 @@ def _plot_losses(history: dict, out_dir: str) -> str:
 
 def plot_history(history: dict, out_dir: str) -> list[str]:
   """Writes accuracy, pseudo-label, per-class, HCA and loss PNGs (about 800x500 px) to `out_dir`; their paths."""
-  os.makedirs(out_dir, exist_ok=True)
   return [plot(history, out_dir) for plot in (_plot_accuracy, _plot_pseudo_labels, _plot_pseudo_label_classes,
                                               _plot_hca, _plot_losses)]

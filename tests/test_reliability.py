@@ -28,8 +28,7 @@ from ssmae_jax.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900
 
-TRAIN_IMAGES, TEST_IMAGES = 5000, 1000  # The first ones of CIFAR-10's splits (see `small_cifar10`).
-# Smaller than configs/smoke.py: one encoder block. 5000 train images, 10% labeled, 10% of those for validation ->
+# Smaller than configs/smoke.py: one encoder block. 5000 train images (conftest's `small_cifar10`), 10% labeled, 10% of those for validation ->
 # 450 labeled images in batches of 64 -> 7 steps per epoch, so the 16 steps evaluate (gate, best checkpoint) at
 # steps 0, 7, 14 and 16. Every step prints a line: the kills below are timed by them.
 OVERRIDES = {
@@ -58,31 +57,6 @@ def tiny_config(**overrides):
 
 def _flags(overrides: dict) -> list[str]:
   return [f'--config.{k}={v}' for k, v in overrides.items()]
-
-
-@pytest.fixture(scope='module')
-def small_cifar10(tmp_path_factory) -> str:
-  """A TFDS data dir holding CIFAR-10 cut to its first TRAIN_IMAGES / TEST_IMAGES examples, prepared as TFDS does
-  it: every run reads real images through the real TFDS path, and decodes 12x fewer of them."""
-  import tensorflow as tf
-  source = os.path.join(os.environ['TFDS_DATA_DIR'], 'cifar10', '3.0.2')
-  data_dir = tmp_path_factory.mktemp('tfds')
-  target = data_dir / 'cifar10' / '3.0.2'
-  target.mkdir(parents=True)
-  for name in ('features.json', 'label.labels.txt'):
-    shutil.copy(os.path.join(source, name), target / name)
-  with open(os.path.join(source, 'dataset_info.json')) as f:
-    info = json.load(f)
-  for split in info['splits']:
-    count = {'train': TRAIN_IMAGES, 'test': TEST_IMAGES}[split['name']]
-    name = f'cifar10-{split["name"]}.tfrecord-00000-of-00001'
-    with tf.io.TFRecordWriter(str(target / name)) as writer:
-      for record in tf.data.TFRecordDataset(os.path.join(source, name)).take(count):
-        writer.write(record.numpy())
-    split.update(shardLengths=[str(count)], numBytes=str(os.path.getsize(target / name)))
-  with open(target / 'dataset_info.json', 'w') as f:
-    json.dump(info, f)
-  return str(data_dir)
 
 
 @pytest.fixture(scope='module')
@@ -167,16 +141,28 @@ def _state(workdir, step: int | None = None) -> dict:
     return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _outputs_of(results: dict) -> dict:
+  """results.json's content without the wall times (what must repeat exactly)."""
+  results = dict(results, history=[{k: v for k, v in r.items() if k != 'wall_seconds'} for r in results['history']])
+  results.pop('wall_seconds')
+  return results
+
+
 def _outputs(workdir) -> tuple[dict, dict]:
   """results.json and history.json without the wall times (what must repeat exactly)."""
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
   with open(os.path.join(workdir, 'history.json')) as f:
     history = json.load(f)
-  results.pop('wall_seconds')
-  for record in results['history'] + history['epochs']:
+  for record in history['epochs']:
     record.pop('wall_seconds')
-  return results, history
+  return _outputs_of(results), history
 
 
 def _assert_same_run(workdir, reference) -> None:
@@ -308,9 +294,7 @@ def test_2_4_8_devices_train_as_1_device_and_an_indivisible_batch_fails_before_c
 @pytest.mark.slow
 def test_two_processes_train_as_one(reference, base_env, tmp_path):
   workdir = tmp_path / 'two'
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = _free_port()
   procs = [_start(workdir, _env(base_env), f'--coordinator_address=localhost:{port}', '--num_processes=2',
                   f'--process_id={i}') for i in (0, 1)]
   try:

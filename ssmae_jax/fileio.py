@@ -1,0 +1,49 @@
+"""Paths that may be local or in a bucket (gs://...): every file the project reads or writes goes through here.
+
+`etils.epath` reads and writes both; TensorFlow's GCS client serves gs:// where TensorFlow is installed (as here),
+gcsfs otherwise (and with EPATH_USE_TF=false, as the emulator tests do). Never `os.path` on a workdir:
+`os.path.abspath('gs://b/run')` is a local folder named `gs:`.
+"""
+
+import json
+import os
+from typing import Any
+
+from etils import epath
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  return '://' in os.fspath(path)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+  """A local path made absolute (relative to the current directory), or a bucket URL unchanged."""
+  return epath.Path(p if is_remote(p) else os.path.abspath(os.fspath(p)))
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+  """Whole or not at all: a run killed while writing leaves the previous file (or none), never half of one.
+
+  Locally through a temporary file and a rename. A bucket needs neither: an object upload is atomic, and a rename
+  there is a copy and a delete.
+  """
+  target = path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(target):
+    target.write_bytes(data)
+    return
+  tmp = target.parent / (target.name + '.tmp')
+  tmp.write_bytes(data)
+  os.replace(tmp, target)
+
+
+def write_text(target: str | os.PathLike, text: str, errors: str = 'strict') -> None:
+  write_bytes(target, text.encode('utf-8', errors=errors))
+
+
+def write_json(target: str | os.PathLike, data: Any, indent: int | None = None) -> None:
+  write_text(target, json.dumps(data, indent=indent))
+
+
+def read_json(source: str | os.PathLike) -> Any:
+  return json.loads(path(source).read_text())
