@@ -12,7 +12,7 @@ unlabeled examples) and `images_per_s` (every view counted). `host_cpu_s_per_ste
 `steps_per_s_per_core` = its inverse, the rate one host core sustains.
 
 The consumer: `--step_ms` if given (e.g. a GPU step time measured elsewhere), else the compiled train step of the
-same config (`baselines.make_step` as the trainer builds it, with benchmarks/train_step.py's constant-rate AdamW)
+same config (the method's `make_step` as the trainer builds it, with benchmarks/train_step.py's constant-rate AdamW)
 timed on a few of those very batches, from a fresh state: gate closed, memory empty, the fastest step of a run and
 so the most demanding one for the input.
 `headroom` = input steps/s / consumed steps/s: below 1 the step waits for data. Both rates are measured alone; in
@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import train_step as step_bench  # noqa: E402
-from ssmae_jax import baselines, configuration, input_pipeline, models, sharding, train_state  # noqa: E402
+from ssmae_jax import configuration, input_pipeline, methods, models, sharding, train_state  # noqa: E402
 
 HIDDEN_KEYS = ('unlabeled_label',)  # In the batch for metrics only: the trainer drops it before the step.
 
@@ -54,9 +54,9 @@ def batch_counts(batch: dict) -> tuple[int, int]:
 def time_input(splits, config, num_steps: int, warmup: int) -> tuple[dict, list[dict]]:
   """Draws warmup + num_steps batches of the trainer's stream; returns (rates, the first few batches)."""
   start = time.perf_counter()
-  iterator = input_pipeline.train_iterator(
-      splits, config, 0, need_labeled=config.method != 'mae_pretrain',
-      need_unlabeled=config.method in ('ssmae', 'mae_pretrain'))
+  method = methods.get(config.method)
+  iterator = input_pipeline.train_iterator(splits, config, 0, need_labeled=method.uses_labeled,
+                                           need_unlabeled=method.uses_unlabeled)
   kept = [next(iterator)]
   first_batch_s = time.perf_counter() - start
   for _ in range(warmup - 1):
@@ -86,7 +86,7 @@ def time_train_step(config, batches: list[dict], num_classes: int, pool_size: in
   state = jax.device_put(state, sharding.replicated(mesh))
   device_batches = [sharding.to_global({k: v for k, v in b.items() if k not in HIDDEN_KEYS}, mesh) for b in batches]
   start = time.perf_counter()
-  compiled = baselines.make_step(model, tx, config, mesh).lower(state, device_batches[0]).compile()
+  compiled = methods.get(config.method).make_step(model, tx, config, mesh).lower(state, device_batches[0]).compile()
   compile_s = time.perf_counter() - start
   _, times, _, _ = step_bench.time_steps(compiled, state, device_batches, warmup)
   return dict(step_ms=1e3 * statistics.median(times), step_compile_s=compile_s, step_timed_steps=len(times))

@@ -11,10 +11,10 @@ from typing import Any
 
 import ml_collections
 
-from ssmae_jax import gate, masking
+from ssmae_jax import gate, masking, methods
 from ssmae_jax.errors import UserError
 
-METHODS = ('ssmae', 'supervised', 'mae_pretrain', 'finetune')
+METHODS = tuple(methods.METHODS)
 NAN_POLICIES = ('stop', 'skip')
 SCHEDULES = ('constant', 'cosine')
 DTYPES = ('auto', 'float32', 'bfloat16')
@@ -242,8 +242,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_rules(config: ml_collections.ConfigDict) -> None:
-  if config.method == 'finetune' and not config.init_from:
-    raise UserError('config.method=finetune needs config.init_from: the workdir of the run to start from '
+  method = methods.get(config.method)
+  if method.needs_init_from and not config.init_from:
+    raise UserError(f'config.method={config.method} needs config.init_from: the workdir of the run to start from '
                     '(e.g. an mae_pretrain run).')
   m = config.model
   if config.image_size % m.patch_size:
@@ -253,13 +254,13 @@ def _check_rules(config: ml_collections.ConfigDict) -> None:
   if masking.num_kept(num_patches, config.mask_ratio) < 1:
     raise UserError(f'config.mask_ratio={config.mask_ratio} leaves no visible patch of {num_patches}: '
                     'use a ratio in [0, 1) that keeps at least one.')
-  reconstructs = config.method == 'mae_pretrain' or (config.method == 'ssmae' and config.rec_weight)
-  if reconstructs and masking.num_kept(num_patches, config.mask_ratio) == num_patches:
+  if method.trains_reconstruction(config) and masking.num_kept(num_patches, config.mask_ratio) == num_patches:
     # The loss is over removed patches only: with none removed it is 0 and reconstruction silently does nothing.
     raise UserError(f'config.mask_ratio={config.mask_ratio} removes none of the {num_patches} patches, so there is '
                     'nothing to reconstruct: raise it (the paper: 0.75), or set config.rec_weight=0 to drop the term.')
-  if config.method == 'ssmae' and not (config.rec_weight or config.cls_weight):
-    raise UserError('config.rec_weight=0 and config.cls_weight=0 leave SSMAE no loss to train: make one positive.')
+  if method.weighs_terms and not (config.rec_weight or config.cls_weight):
+    raise UserError(f'config.rec_weight=0 and config.cls_weight=0 leave config.method={config.method} no loss to '
+                    'train: make one positive.')
   for width, heads in (('width', 'num_heads'), ('decoder_width', 'decoder_num_heads')):
     if m[width] % m[heads]:
       raise UserError(f'config.model.{width}={m[width]} is not divisible by config.model.{heads}={m[heads]}: '

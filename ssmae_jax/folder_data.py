@@ -13,7 +13,7 @@ from etils import epath
 import numpy as np
 import tensorflow as tf
 
-from ssmae_jax import augment
+from ssmae_jax import augment, methods
 from ssmae_jax.errors import UserError
 
 # What tf.io.decode_image reads; other files (notes, masks in other formats, .DS_Store) are not images of the set.
@@ -176,7 +176,7 @@ def load_folders(config) -> FolderData:
     raise UserError(f'config.labeled_dir={config.labeled_dir} has {len(classes)} class folder(s){found}{loose_note}: '
                     'it needs one sub-folder of images per class, at least 2 classes.')
   class_names = list(classes)
-  if not config.unlabeled_dir and config.method in ('ssmae', 'mae_pretrain'):
+  if not config.unlabeled_dir and methods.get(config.method).uses_unlabeled:
     raise UserError(f'config.method={config.method} needs unlabeled images: pass --config.unlabeled_dir=/path.')
   unlabeled = list_images(_require_dir(config.unlabeled_dir, 'unlabeled_dir')) if config.unlabeled_dir else []
   if config.unlabeled_dir and not unlabeled:

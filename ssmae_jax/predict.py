@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssmae_jax import fileio, input_pipeline, sharding, steps
+from ssmae_jax import fileio, input_pipeline, methods, sharding, steps
 from ssmae_jax.errors import UserError
 
 CSV_NAME = 'pseudo_labels.csv'
@@ -75,8 +75,8 @@ def pseudo_label_rows(splits, memory: np.ndarray, classes: np.ndarray, confidenc
 
 def write_pseudo_labels(workdir: str, model, params, memory, splits, config, mesh) -> str:
   """Writes WORKDIR/pseudo_labels.csv (process 0) from the pseudo-label memory and the predictions of `params`."""
-  if config.method == 'mae_pretrain':
-    raise UserError('An mae_pretrain run has no trained classifier to label images with: fine-tune it first '
+  if not methods.get(config.method).classifies:
+    raise UserError(f'A {config.method} run has no trained classifier to label images with: fine-tune it first '
                     '(config.method=finetune, config.init_from=WORKDIR).')
   classes, confidences = pool_predictions(model, params, splits, config, mesh)
   rows = pseudo_label_rows(splits, np.asarray(jax.device_get(memory)), classes, confidences, config.tau)

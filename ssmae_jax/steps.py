@@ -1,4 +1,5 @@
-"""The jitted train and eval steps: pure functions, fixed shapes, no host syncs."""
+"""SSMAE's train step, the eval step, and the parts every method's train step shares: pure functions, fixed
+shapes, no host syncs."""
 
 import functools
 
@@ -38,7 +39,7 @@ def prepare_images(images: jax.Array, image_size: int) -> jax.Array:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
-  """Returns `train_step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
+  """SSMAE's `train_step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
 
   `batch` holds global arrays: labeled_image/label and unlabeled_weak/strong/mae/index, the images uint8 at the
   size the pipeline ships (resized to model.image_size here). The hidden labels of unlabeled examples are not an
@@ -114,43 +115,62 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
         branch, [labeled_only, with_memory, gate_open], state.params)
     if rec_weight:
       rec_images = jnp.concatenate([x_l, prepare_images(batch['unlabeled_mae'], size)])
-      ids_keep, mask, ids_restore = masking.random_masking(rng, rec_images.shape[0], model.num_patches,
-                                                            config.mask_ratio)
-      rec_target = masking.patchify(rec_images, model.patch_size)
-
-      def rec_loss_fn(params):
-        pred = model.apply({'params': params}, rec_images, ids_keep, ids_restore, method=model.reconstruct)
-        return losses.reconstruction_loss(pred, rec_target, mask, config.norm_pix_loss)
-
-      rec, rec_grads = jax.value_and_grad(rec_loss_fn)(state.params)
+      rec, rec_grads = reconstruction(model, config, state.params, rec_images, rng)
       grads = jax.tree.map(lambda r, c: rec_weight * r + cls_weight * c, rec_grads, cls_grads)
     else:
       rec = jnp.zeros((), jnp.float32)
       grads = jax.tree.map(lambda c: cls_weight * c, cls_grads)
     loss = rec_weight * rec + cls_weight * cls
-
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     pseudo_labels = gate.update_memory(state.pseudo_labels, idx, targets, new)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, pseudo_labels=pseudo_labels)
-    grad_norm = optax.tree.norm(grads)
-    metrics = dict(
-        loss=loss,
+    return finish(config, tx, state, grads, loss, dict(
         rec_loss=rec,
         cls_loss=cls,
         labeled_accuracy=jnp.mean(jnp.argmax(logits_l, -1) == y_l),
         unlabeled_used=jnp.sum(used).astype(jnp.float32),
         pseudo_labels_new=jnp.sum(new).astype(jnp.float32),
-        grad_norm=grad_norm,
-        nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32),
-    )
-    return skip_if_nonfinite(config, state, new_state, metrics)
+    ), pseudo_labels=pseudo_labels)
 
+  return jit_train_step(train_step, mesh)
+
+
+def jit_train_step(train_step, mesh):
+  """`train_step(state, batch)` jitted over `mesh`: batch split along 'data', state replicated and donated."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   return jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
 
 
-def skip_if_nonfinite(config, state: TrainState, new_state: TrainState, metrics: dict) -> tuple[TrainState, dict]:
+def reconstruction(model, config, params, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict]:
+  """(L_rec, its gradient) for `images` (prepared, at the model's size) under a random masking drawn from `rng`."""
+  ids_keep, mask, ids_restore = masking.random_masking(rng, images.shape[0], model.num_patches, config.mask_ratio)
+  target = masking.patchify(images, model.patch_size)
+
+  def loss_fn(params):
+    pred = model.apply({'params': params}, images, ids_keep, ids_restore, method=model.reconstruct)
+    return losses.reconstruction_loss(pred, target, mask, config.norm_pix_loss)
+
+  return jax.value_and_grad(loss_fn)(params)
+
+
+def finish(config, tx: optax.GradientTransformation, state: TrainState, grads, loss: jax.Array, metrics: dict,
+           **state_fields) -> tuple[TrainState, dict]:
+  """The end of every method's train step: the optimizer update, then config.nan_policy.
+
+  Every method reports the same metric keys (a term it lacks is 0), so the loop's sums and logs need not know
+  which method ran. `state_fields` are the method's own changes to the state (SSMAE's memory).
+  """
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  zero = jnp.zeros((), jnp.float32)
+  out = dict(loss=loss, rec_loss=zero, cls_loss=zero, labeled_accuracy=zero, unlabeled_used=zero,
+             pseudo_labels_new=zero, grad_norm=grad_norm,
+             nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32))
+  out.update(metrics)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, **state_fields)
+  return _skip_if_nonfinite(config, state, new_state, out)
+
+
+def _skip_if_nonfinite(config, state: TrainState, new_state: TrainState, metrics: dict) -> tuple[TrainState, dict]:
   """With config.nan_policy='skip', a non-finite step only advances the step counter and reports zeros but for
   `nonfinite` (the skip count). With 'stop' the training loop raises instead, before any checkpoint of it."""
   if config.nan_policy != 'skip':

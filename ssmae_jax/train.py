@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssmae_jax import augment, baselines, checkpointing, configuration, data_record, fileio, gate, input_pipeline, masking
-from ssmae_jax import models
+from ssmae_jax import augment, checkpointing, configuration, data_record, fileio, gate, input_pipeline, masking
+from ssmae_jax import methods, models
 from ssmae_jax import predict, runtime, sharding, steps, train_state, visualize
 from ssmae_jax.errors import UserError
 
@@ -143,6 +143,7 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, training: bool = True):
     configuration.validate(config)
     self.config = config
+    self.method = methods.get(config.method)
     self.workdir = workdir = fileio.path(workdir)
     self.is_main = jax.process_index() == 0
     self.mesh = sharding.make_mesh()
@@ -211,11 +212,10 @@ class Run:
     if start_step == 0:
       writer.write_hparams({k: v for k, v in _flatten(cfg_dict).items() if isinstance(v, (int, float, str, bool))})
 
-    train_step = baselines.make_step(self.model, self.tx, config, self.mesh)
+    train_step = self.method.make_step(self.model, self.tx, config, self.mesh)
     batches = prefetch_to_device(input_pipeline.train_iterator(
         self.splits, config, start_step, process_index=jax.process_index(), process_count=jax.process_count(),
-        need_labeled=config.method != 'mae_pretrain', need_unlabeled=config.method in ('ssmae', 'mae_pretrain')),
-        self.mesh)
+        need_labeled=self.method.uses_labeled, need_unlabeled=self.method.uses_unlabeled), self.mesh)
     self._print(f'{self.total_steps} steps ({self.num_epochs} epochs of {self.steps_per_epoch}), '
                 f'{len(self.splits.labeled_idx)} labeled, {len(self.splits.val_idx)} validation, '
                 f'{self.pool_size} unlabeled, {jax.device_count()} devices.')
@@ -279,7 +279,7 @@ class Run:
                     _pct(results['best_val_accuracy']), results['pseudo_labels_total'],
                     _pct(results['pseudo_label_precision']), results['gate_opened_at_epoch'],
                     _fmt_time(results['wall_seconds'])))
-    if self.splits.train_paths is not None and config.method != 'mae_pretrain':
+    if self.splits.train_paths is not None and self.method.classifies:
       self._print(f'Wrote {self.write_pseudo_labels()}')  # What a folder user came for: labels for their files.
     self.checkpoints.close()
     return results
@@ -330,12 +330,12 @@ class Run:
   def _epoch_boundary(self, epoch: int, meta: dict, writer, start_wall: float, final: bool = False) -> None:
     """Validation at the start of `epoch`: decides the gate for the epoch and the best checkpoint."""
     config = self.config
-    classifies = config.method != 'mae_pretrain'  # MAE pre-training never trains the head: nothing to evaluate.
+    classifies = self.method.classifies  # A method that never trains the head has nothing to evaluate.
     val = self.evaluate(self.state.params, 'val') if classifies else None
     val_acc = val['accuracy'] if val else None
     hca = val['high_conf_accuracy'] if val else 0.0
-    is_open = config.method == 'ssmae' and gate.gate_open_for_epoch(config.gate, epoch, config.warmup_epochs, hca,
-                                                                    config.gate_threshold)
+    is_open = self.method.gated and gate.gate_open_for_epoch(config.gate, epoch, config.warmup_epochs, hca,
+                                                             config.gate_threshold)
     if not final:
       repl = sharding.replicated(self.mesh)
       self.state = self.state.replace(gate_open=jax.device_put(np.bool_(is_open), repl),

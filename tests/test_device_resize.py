@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from configs.default import get_config
-from ssmae_jax import augment, baselines, masking, models, predict, sharding, steps, train_state, visualize
+from ssmae_jax import augment, masking, methods, models, predict, sharding, steps, train_state, visualize
 
 STORED, SIZE, L, U, POOL, CLASSES = 32, 64, 4, 8, 16, 10
 # The host path rounds its resized image to uint8: half a grey level, in normalised units (the smallest std).
@@ -81,7 +81,8 @@ def test_train_step_at_image_size_from_stored_size_batches(setup, method):
   tx = optax.adamw(1e-3)
   state = train_state.create(jax.tree.map(jnp.copy, params), tx, POOL).replace(gate_open=jnp.asarray(True))
   state = jax.device_put(state, sharding.replicated(mesh))
-  state, metrics = baselines.make_step(model, tx, config, mesh)(state, sharding.to_global(stored_size_batch(), mesh))
+  train_step = methods.get(method).make_step(model, tx, config, mesh)
+  state, metrics = train_step(state, sharding.to_global(stored_size_batch(), mesh))
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1 and metrics['nonfinite'] == 0 and metrics['loss'] > 0
   if method == 'ssmae':
