@@ -7,6 +7,7 @@ gcsfs otherwise (and with EPATH_USE_TF=false, as the emulator tests do). Never `
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from etils import epath
@@ -19,6 +20,17 @@ def is_remote(path: str | os.PathLike) -> bool:
 def path(p: str | os.PathLike) -> epath.Path:
   """A local path made absolute (relative to the current directory), or a bucket URL unchanged."""
   return epath.Path(p if is_remote(p) else os.path.abspath(os.fspath(p)))
+
+
+def walk(root: str | os.PathLike) -> Iterator[tuple[epath.Path, list[str], list[str]]]:
+  """os.walk for local and bucket paths: (folder, subfolder names, file names), top-down; prune subfolder names in
+  place to skip them. Bucket folders keep their gs:// prefix, which epath's gcsfs walk drops."""
+  root = os.fspath(root)
+  scheme = root.split('://', 1)[0] + '://' if is_remote(root) else ''
+  for folder, subfolders, files in epath.Path(root).walk():
+    if scheme and not os.fspath(folder).startswith(scheme):
+      folder = epath.Path(scheme + os.fspath(folder))
+    yield folder, subfolders, files
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

@@ -13,7 +13,7 @@ from etils import epath
 import numpy as np
 import tensorflow as tf
 
-from ssmae_jax import augment, methods
+from ssmae_jax import augment, fileio, methods
 from ssmae_jax.errors import UserError
 
 # What tf.io.decode_image reads; other files (notes, masks in other formats, .DS_Store) are not images of the set.
@@ -47,7 +47,7 @@ def _require_dir(path: str | None, field: str) -> str:
 def list_images(root: str) -> list[str]:
   """Sorted paths of the image files anywhere below root; hidden files and folders are skipped."""
   found = []
-  for dirpath, dirnames, filenames in epath.Path(root).walk():
+  for dirpath, dirnames, filenames in fileio.walk(root):
     dirnames[:] = [d for d in dirnames if not d.startswith('.')]
     found += [str(dirpath / f) for f in filenames if _is_image(f)]
   # Every path starts with root, so this is also the order of the paths relative to it.

@@ -47,7 +47,7 @@ def find_results(paths: list[str]) -> list[str]:
     if fileio.path(path).is_file():
       found.append(path)
       continue
-    for directory, subdirectories, files in fileio.path(path).walk():
+    for directory, subdirectories, files in fileio.walk(fileio.path(path)):
       # A run's own folders hold no results.json; in a bucket each listing is a request.
       subdirectories[:] = sorted(d for d in subdirectories if d not in RUN_FOLDERS)
       if 'results.json' in files:

@@ -5,13 +5,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ssmae_jax import gate, losses, masking, sharding
 from ssmae_jax.train_state import TrainState
 
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32)
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32)
+# numpy, not jnp: a jnp array made at import would start JAX's backend before jax.distributed.initialize() can run.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 # Which classification work a step needs; chosen on device from replicated values with lax.switch, so the
 # work that cannot change the loss is skipped, not masked out.
