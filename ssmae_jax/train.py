@@ -17,6 +17,7 @@ import optax
 from ssmae_jax import augment, checkpointing, configuration, data_record, fileio, gate, input_pipeline, masking
 from ssmae_jax import methods, models
 from ssmae_jax import predict, runtime, sharding, steps, train_state, visualize
+from ssmae_jax.run_log import RunLog
 from ssmae_jax.errors import UserError
 
 PREFETCH_TO_DEVICE = 2
@@ -196,16 +197,15 @@ class Run:
     config, cfg_dict = self.config, configuration.to_dict(self.config)
     restored = self.checkpoints.restore_latest(self.state, delete_unreadable=True)
     if restored is None:
-      meta = dict(history=[], best_val_accuracy=None, best_epoch=None, gate_opened_at_epoch=None,
-                  last_epoch_evaluated=-1, wall_seconds=0.0, pseudo_labels_total=0, epoch_sums={}, skipped_steps=0)
+      log = RunLog()
     else:
-      self.state, meta = restored
+      self.state, saved = restored
+      log = RunLog.from_json(saved)
       self._print(f'Resuming from step {int(self.state.step)} in {self.workdir}.')
     # A run killed after saving a best checkpoint but before the next latest one redoes that evaluation.
-    self.checkpoints.discard_best_after(
-        next((r['step'] for r in meta['history'] if r['epoch'] == meta['best_epoch']), -1))
+    self.checkpoints.discard_best_after(log.best_step())
     start_step = int(self.state.step)
-    start_wall = time.time() - meta['wall_seconds']
+    start_wall = time.time() - log.wall_seconds
     # TensorBoard event files from process 0; the console gets our own lines, not the logging writer's.
     writer = metric_writers.AsyncMultiWriter(
         [metric_writers.SummaryWriter(str(self.workdir))] if self.is_main and config.tensorboard else [])
@@ -225,9 +225,9 @@ class Run:
     profile = runtime.StepProfile(config.profile_steps, self.workdir)
     for step in range(start_step, self.total_steps):
       epoch = step // self.steps_per_epoch
-      if step % self.steps_per_epoch == 0 and meta['last_epoch_evaluated'] < epoch:
-        self._flush(window, step, meta, writer)
-        self._epoch_boundary(epoch, meta, writer, start_wall)
+      if step % self.steps_per_epoch == 0 and log.last_epoch_evaluated < epoch:
+        self._flush(window, step, log, writer)
+        self._epoch_boundary(epoch, log, writer, start_wall)
       batch = next(batches)
       batch.pop('unlabeled_label', None)
       profile.before(step)
@@ -242,12 +242,12 @@ class Run:
       if traced:
         self._print(f'Profiler trace of steps {profile.first}-{done - 1} in {traced} (TensorBoard: Profile tab).')
       if done % config.log_every_steps == 0 or done == self.total_steps:
-        self._flush(window, done, meta, writer)
+        self._flush(window, done, log, writer)
       preempted = preemption.reached(done)
       if done % config.checkpoint_every_steps == 0 or done == stop_at_step or preempted:
-        self._flush(window, done, meta, writer)
-        meta['wall_seconds'] = time.time() - start_wall
-        self.checkpoints.save(self.state, meta)
+        self._flush(window, done, log, writer)
+        log.wall_seconds = time.time() - start_wall
+        self.checkpoints.save(self.state, log.to_json())
       if done == stop_at_step or preempted:
         self.checkpoints.wait()
         self.checkpoints.close()
@@ -259,20 +259,20 @@ class Run:
         return None
 
     final_epoch = self.num_epochs
-    if meta['last_epoch_evaluated'] < final_epoch:
-      self._epoch_boundary(final_epoch, meta, writer, start_wall, final=True)
-    meta['wall_seconds'] = time.time() - start_wall
+    if log.last_epoch_evaluated < final_epoch:
+      self._epoch_boundary(final_epoch, log, writer, start_wall, final=True)
+    log.wall_seconds = time.time() - start_wall
     if self.checkpoints.latest.latest_step() != self.total_steps:
-      self.checkpoints.save(self.state, meta)
+      self.checkpoints.save(self.state, log.to_json())
     self.checkpoints.wait()
     preemption.restore()
-    results = self._results(meta, cfg_dict)
+    results = self._results(log, cfg_dict)
     writer.flush()
     if self.is_main:
       visualize.plot_history(visualize.load_history(self.workdir), self.figures_dir)
     if self.is_main:
       fileio.write_json(self.workdir / 'results.json', results, indent=2)
-    self._print(summary_table(meta['history']))
+    self._print(summary_table(log.history))
     self._print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels '
                 '(precision {}), gate opened at epoch {}; {}.'.format(
                     _pct(results['test_accuracy']), _pct(results['test_accuracy_at_best_val']),
@@ -295,7 +295,7 @@ class Run:
     return predict.write_pseudo_labels(self.workdir, self.model, self.state.params, self.state.pseudo_labels,
                                        self.splits, self.config, self.mesh)
 
-  def _flush(self, window: 'MetricWindow', done: int, meta: dict, writer) -> None:
+  def _flush(self, window: 'MetricWindow', done: int, log: RunLog, writer) -> None:
     """Fetches the metrics of the steps since the last flush (one host sync), logs them, adds them to the epoch's."""
     if not window.steps:
       return
@@ -310,11 +310,7 @@ class Run:
           'gradients (config.optimizer.grad_clip_norm) or set config.nan_policy=skip.')
     # nan_policy='skip': skipped steps report zeros and count in no mean.
     trained = steps_in_window - nonfinite
-    meta['skipped_steps'] = meta.get('skipped_steps', 0) + nonfinite
-    epoch_sums = meta['epoch_sums']
-    for k, v in sums.items():
-      epoch_sums[k] = epoch_sums.get(k, 0.0) + v
-    epoch_sums['steps'] = epoch_sums.get('steps', 0) + trained
+    log.add_window(sums, trained, nonfinite)
     means = {k: v / max(trained, 1) for k, v in sums.items()}
     means['skipped_steps'] = nonfinite
     means['steps_per_sec'] = steps_per_sec
@@ -327,7 +323,7 @@ class Run:
                 f'{means["unlabeled_used"]:.1f} | {steps_per_sec:.2f} steps/s | ETA {_fmt_time(eta)}'
                 + (f' | {nonfinite} non-finite steps skipped' if nonfinite else ''))
 
-  def _epoch_boundary(self, epoch: int, meta: dict, writer, start_wall: float, final: bool = False) -> None:
+  def _epoch_boundary(self, epoch: int, log: RunLog, writer, start_wall: float, final: bool = False) -> None:
     """Validation at the start of `epoch`: decides the gate for the epoch and the best checkpoint."""
     config = self.config
     classifies = self.method.classifies  # A method that never trains the head has nothing to evaluate.
@@ -340,35 +336,26 @@ class Run:
       repl = sharding.replicated(self.mesh)
       self.state = self.state.replace(gate_open=jax.device_put(np.bool_(is_open), repl),
                                       last_hca=jax.device_put(np.float32(hca), repl))
-      if is_open and meta['gate_opened_at_epoch'] is None:
-        meta['gate_opened_at_epoch'] = epoch
+      log.note_gate(epoch, is_open)
     test_due = final or (config.test_every_epochs and epoch % config.test_every_epochs == 0)
     test = self.evaluate(self.state.params, 'test') if test_due and classifies else None
     total, precision = self.pseudo_label_stats()
     per_class = [int(x) for x in gate.memory_class_counts(self.state.pseudo_labels, self.splits.num_classes)]
-    epoch_sums, meta['epoch_sums'] = meta['epoch_sums'], {}
-    n = epoch_sums.pop('steps', 0)
-    train_means = {f'train_{k}': (epoch_sums[k] / n if n else None)
-                   for k in ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used')}
     record = dict(epoch=epoch, step=int(self.state.step), val_accuracy=val_acc, val_hca=hca,
                   val_num_confident=val['num_confident'] if val else 0, gate_open=is_open and not final,
                   test_accuracy=test['accuracy'] if test else None,
                   test_hca=test['high_conf_accuracy'] if test else None,
-                  pseudo_labels_total=total, pseudo_labels_new=total - meta['pseudo_labels_total'],
-                  pseudo_label_precision=precision, pseudo_labels_per_class=per_class, **train_means,
+                  pseudo_labels_total=total, pseudo_labels_new=total - log.pseudo_labels_total,
+                  pseudo_label_precision=precision, pseudo_labels_per_class=per_class, **log.take_epoch_means(),
                   wall_seconds=time.time() - start_wall)
-    meta['pseudo_labels_total'] = total
-    meta['history'].append(record)
-    meta['last_epoch_evaluated'] = epoch
-    if val_acc is not None and (meta['best_val_accuracy'] is None or val_acc > meta['best_val_accuracy']):
-      meta['best_val_accuracy'], meta['best_epoch'] = val_acc, epoch
+    if log.close_epoch(record):
       self.checkpoints.save_best(int(self.state.step), self.state.params, dict(epoch=epoch, val_accuracy=val_acc))
     writer.write_scalars(int(self.state.step), {
         f'epoch/{k}': float(v) for k, v in record.items()
         if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class')})
     _, grid = self.reconstruction_figure(self.state.params, f'reconstruction_epoch_{epoch:03d}.png')
     writer.write_images(int(self.state.step), {'reconstruction': grid[None]})
-    self._write_history(meta)
+    self._write_history(log)
     self._print(f'epoch {epoch}{" (final)" if final else ""} | val acc {_pct(val_acc)} | HCA {_pct(hca)} '
                 f'({record["val_num_confident"]} confident) | gate {"open" if record["gate_open"] else "closed"} | '
                 f'test acc {_pct(record["test_accuracy"])} | pseudo-labels {total} (+{record["pseudo_labels_new"]}, '
@@ -384,7 +371,7 @@ class Run:
       visualize.save_png(path, grid)
     return path, grid
 
-  def _write_history(self, meta: dict) -> None:
+  def _write_history(self, log: RunLog) -> None:
     """WORKDIR/history.json, rewritten at every epoch: what the plots of a running or finished run read."""
     if not self.is_main:
       return
@@ -398,16 +385,16 @@ class Run:
                                 if len(known) else None),
         gate_threshold=self.config.gate_threshold,
         gate_confidence=self.config.gate_confidence,
-        gate_opened_at_epoch=meta['gate_opened_at_epoch'],
+        gate_opened_at_epoch=log.gate_opened_at_epoch,
         steps_per_epoch=self.steps_per_epoch,
-        epochs=meta['history'],
+        epochs=log.history,
     )
     fileio.write_json(self.workdir / 'history.json', history, indent=1)
 
-  def _results(self, meta: dict, cfg_dict: dict) -> dict:
-    last = meta['history'][-1]
+  def _results(self, log: RunLog, cfg_dict: dict) -> dict:
+    last = log.history[-1]
     test_at_best = None
-    if self.splits.test_images is not None and meta['best_epoch'] is not None:
+    if self.splits.test_images is not None and log.best_epoch is not None:
       best_params, _ = self.checkpoints.restore_params('best', self.state)
       test_at_best = self.evaluate(best_params, 'test')['accuracy']
     return dict(
@@ -419,17 +406,17 @@ class Run:
         test_accuracy=last['test_accuracy'],
         high_conf_accuracy=last['test_hca'],
         val_accuracy=last['val_accuracy'],
-        best_val_accuracy=meta['best_val_accuracy'],
-        best_epoch=meta['best_epoch'],
+        best_val_accuracy=log.best_val_accuracy,
+        best_epoch=log.best_epoch,
         test_accuracy_at_best_val=test_at_best,
-        gate_opened_at_epoch=meta['gate_opened_at_epoch'],
+        gate_opened_at_epoch=log.gate_opened_at_epoch,
         pseudo_labels_total=last['pseudo_labels_total'],
         pseudo_label_precision=last['pseudo_label_precision'],
         steps=self.total_steps,
         epochs=self.total_steps / self.steps_per_epoch,
-        nonfinite_steps_skipped=meta.get('skipped_steps', 0),
-        wall_seconds=meta['wall_seconds'],
-        history=meta['history'],
+        nonfinite_steps_skipped=log.skipped_steps,
+        wall_seconds=log.wall_seconds,
+        history=log.history,
         config=cfg_dict,
     )
 

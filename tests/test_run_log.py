@@ -1,0 +1,59 @@
+"""Tests for ssmae_jax.run_log: the checkpointed bookkeeping keeps its JSON keys and reads older checkpoints."""
+
+import json
+
+from ssmae_jax.run_log import RunLog
+
+KEYS = {'history', 'best_val_accuracy', 'best_epoch', 'gate_opened_at_epoch', 'last_epoch_evaluated', 'wall_seconds',
+        'pseudo_labels_total', 'epoch_sums', 'skipped_steps'}
+
+
+def _record(epoch, step, val_accuracy, total=0):
+  return dict(epoch=epoch, step=step, val_accuracy=val_accuracy, pseudo_labels_total=total)
+
+
+def test_json_keys_and_round_trip():
+  log = RunLog()
+  log.add_window({'loss': 2.0, 'rec_loss': 1.0}, trained=2, skipped=1)
+  log.close_epoch(_record(0, 10, 0.5, total=3))
+  saved = json.loads(json.dumps(log.to_json()))
+  assert set(saved) == KEYS
+  assert RunLog.from_json(saved) == log
+
+
+def test_to_json_is_a_copy():
+  log = RunLog()
+  saved = log.to_json()
+  log.close_epoch(_record(0, 10, 0.5))
+  log.add_window({'loss': 1.0}, trained=1, skipped=0)
+  assert saved['history'] == [] and saved['epoch_sums'] == {}
+
+
+def test_older_checkpoint_without_skipped_steps_restores():
+  saved = RunLog().to_json()
+  del saved['skipped_steps']
+  assert RunLog.from_json(saved).skipped_steps == 0
+
+
+def test_epoch_means_over_trained_steps_then_reset():
+  log = RunLog()
+  log.add_window({'loss': 3.0, 'rec_loss': 0.0, 'cls_loss': 3.0, 'labeled_accuracy': 1.0, 'unlabeled_used': 6.0},
+                 trained=3, skipped=2)
+  means = log.take_epoch_means()
+  assert means['train_loss'] == 1.0 and means['train_unlabeled_used'] == 2.0
+  assert log.skipped_steps == 2 and log.epoch_sums == {}
+  assert set(log.take_epoch_means().values()) == {None}
+
+
+def test_best_epoch_and_gate():
+  log = RunLog()
+  assert log.best_step() == -1
+  assert log.close_epoch(_record(0, 0, None)) is False
+  assert log.close_epoch(_record(1, 10, 0.4)) is True
+  assert log.close_epoch(_record(2, 20, 0.4)) is False  # A tie keeps the earlier epoch.
+  assert log.close_epoch(_record(3, 30, 0.5, total=7)) is True
+  assert (log.best_epoch, log.best_step(), log.last_epoch_evaluated, log.pseudo_labels_total) == (3, 30, 3, 7)
+  log.note_gate(1, False)
+  log.note_gate(2, True)
+  log.note_gate(3, True)
+  assert log.gate_opened_at_epoch == 2
