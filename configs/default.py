@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.split_seed = Int(0, min=0, max=2**32 - 1)
   # Reference: the unlabeled pool is the whole train split (minus validation).
   c.unlabeled_includes_labeled = Bool(True)
+  # Strict replication: build the unlabeled weak / strong / MAE views, as the reference does, from the example already
+  # put through the labeled view and normalisation and then turned back into 8 bits (values wrap). False: clean views.
+  c.reference_unlabeled_views = Bool(False)
   c.labeled_batch_size = Int(16, min=1)  # L, global.
   c.unlabeled_batch_size = Int(32, min=1)  # U, global.
   c.eval_batch_size = Int(256, min=1)
@@ -79,8 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
   # SSMAE.
   c.cls_weight = Float(1.0, min=0)  # lambda in L = L_rec + lambda * L_cls.
   c.rec_weight = Float(1.0, min=0)  # 0 removes the reconstruction term (ablation).
-  # Confidence threshold on both views: max p > tau, so 1 would let nothing pass (gate='never' is that ablation).
-  c.tau = Float(0.95, min=0, below=1)
+  # Confidence threshold on both views: max p > tau, so 1 lets nothing pass (an ablation, as gate='never').
+  c.tau = Float(0.95, min=0, max=1)
   c.require_agreement = Bool(True)  # argmax p_w == argmax p_s.
   c.sticky = Bool(True)  # Once given, a pseudo-label is kept forever.
   c.gate = OneOf('dynamic', gate.GATE_MODES)

@@ -88,4 +88,4 @@ def write_pseudo_labels(workdir: str, model, params, memory, splits, config, mes
     writer.writerows(rows)
     # Paths as the file system spells them, even where that is not valid UTF-8.
     fileio.write_text(path, text.getvalue(), errors='surrogateescape')
-  return path
+  return str(path)

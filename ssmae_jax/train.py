@@ -366,7 +366,7 @@ class Run:
     pred, mask = visualize.reconstruct(self.model, params, self.figure_images, mask_ratio=self.config.mask_ratio)
     grid = visualize.reconstruction_grid(self.figure_images, pred, mask, self.model.patch_size,
                                          norm_pix_loss=self.config.norm_pix_loss)
-    path = self.figures_dir / name
+    path = str(self.figures_dir / name)
     if self.is_main:
       visualize.save_png(path, grid)
     return path, grid

@@ -138,7 +138,7 @@ def _main(args: list[str], env: dict | None = None, timeout: float = 120) -> sub
 
 
 @pytest.mark.parametrize('arg, message', [
-    ('--config.tau=nan', 'error: config.tau=nan is not allowed: it must be a finite number in [0, 1); '
+    ('--config.tau=nan', 'error: config.tau=nan is not allowed: it must be a finite number in [0, 1]; '
                          'e.g. --config.tau=0.95 (the default).'),
     ('--config.model.depth=nan', "error: flag --config.model.depth=nan: invalid literal for int()"),
 ])

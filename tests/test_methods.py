@@ -106,12 +106,12 @@ def test_gate_never_assigns_no_pseudo_label(tmp_path):
 
 
 def test_gate_always_open_assigns_from_step_zero(tmp_path):
-  # A warm-up and an unreachable HCA threshold would keep a dynamic gate closed; always_open ignores both.
-  config = config_for('ssmae', gate='always_open', warmup_epochs=100, gate_threshold=2.0, num_steps=2)
+  # A warm-up and the strictest HCA threshold keep a dynamic gate closed; always_open ignores both.
+  config = config_for('ssmae', gate='always_open', warmup_epochs=100, gate_threshold=1.0, num_steps=2)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['gate_opened_at_epoch'] == 0
   assert results['pseudo_labels_total'] > 0
-  dynamic = config_for('ssmae', gate='dynamic', warmup_epochs=100, gate_threshold=2.0, num_steps=2)
+  dynamic = config_for('ssmae', gate='dynamic', warmup_epochs=100, gate_threshold=1.0, num_steps=2)
   assert train.train_and_evaluate(dynamic, str(tmp_path / 'dyn'))['pseudo_labels_total'] == 0
 
 
