@@ -11,8 +11,9 @@ blends are one multiply-add and one clip each. These are the same functions as t
 rounding), at about half the CPU time per 224 px step.
 """
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -68,14 +69,14 @@ def _shift(x: tf.Tensor, tx: tf.Tensor, ty: tf.Tensor, max_shift: tf.Tensor) -> 
 
 
 def _affine(x: tf.Tensor, seed: tf.Tensor, max_degrees: float, max_translate: float) -> tf.Tensor:
-  """Rotation about the centre, then translation; bilinear, 0 outside."""
+  """Rotation about the centre, then translation; nearest neighbour (torchvision's default), 0 outside."""
   rot_seed, shift_seed = tf.unstack(_split(seed, 2))
   angle = _uniform(rot_seed, -max_degrees, max_degrees) * (math.pi / 180.0)
   size = tf.cast(tf.shape(x)[-2], tf.float32)
   # Whole pixels, as torchvision's RandomAffine draws its translation.
   tx, ty = tf.unstack(tf.round(_uniform(shift_seed, -max_translate, max_translate, [2]) * size))
   if not max_degrees:
-    # A shift by whole pixels samples every pixel at its own position: the bilinear transform would copy it.
+    # A shift by whole pixels samples every pixel at its own position: the transform would copy it.
     max_shift = tf.cast(tf.math.ceil(max_translate * size), tf.int32) + 1
     return _shift(x, tf.cast(tx, tf.int32), tf.cast(ty, tf.int32), max_shift)
   # The op maps each output pixel back to the input: inverse rotation of (out - centre - shift), plus centre.
@@ -89,7 +90,7 @@ def _affine(x: tf.Tensor, seed: tf.Tensor, max_degrees: float, max_translate: fl
   ])
   out = tf.raw_ops.ImageProjectiveTransformV3(
       images=x[None], transforms=transform[None], output_shape=tf.shape(x)[:2], fill_value=0.0,
-      interpolation='BILINEAR', fill_mode='CONSTANT')
+      interpolation='NEAREST', fill_mode='CONSTANT')
   return tf.ensure_shape(out[0], x.shape)
 
 
@@ -101,6 +102,31 @@ def _blend(x: tf.Tensor, other: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   return _clip01(x * factor + (1.0 - factor) * other)
 
 
+def _jitter_adjustments(seed: tf.Tensor, brightness: float, contrast: float, saturation: float,
+                        hue: float) -> list[Callable[[tf.Tensor], tf.Tensor]]:
+  """The colour jitter's adjustments with their factors drawn, in torchvision's order; a strength of 0 skips one."""
+  b_seed, c_seed, s_seed, h_seed = tf.unstack(_split(seed, 4))
+  adjustments = []
+  if brightness:
+    adjustments.append(lambda x: _clip01(x * _factor(b_seed, brightness)))
+  if contrast:
+    # The mean of the luma, from the channel means: no luma image needed.
+    adjustments.append(lambda x: _blend(x, _gray(tf.reduce_mean(x, axis=[0, 1])), _factor(c_seed, contrast)))
+  if saturation:
+    adjustments.append(lambda x: _blend(x, _gray(x), _factor(s_seed, saturation)))
+  if hue:
+    adjustments.append(lambda x: tf.image.adjust_hue(x, _uniform(h_seed, -hue, hue)))
+  return adjustments
+
+
+def _apply_in_order(x: tf.Tensor, adjustments: Sequence[Callable[[tf.Tensor], tf.Tensor]],
+                    order: tf.Tensor) -> tf.Tensor:
+  """Applies adjustments[order[0]], then adjustments[order[1]], ...; each round runs only the branch it picks."""
+  for i in range(len(adjustments)):
+    x = tf.switch_case(order[i], [functools.partial(f, x) for f in adjustments])
+  return x
+
+
 def _color_jitter(x: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: float, saturation: float,
                   hue: float) -> tf.Tensor:
   for name, value in (('brightness', brightness), ('contrast', contrast), ('saturation', saturation)):
@@ -108,19 +134,13 @@ def _color_jitter(x: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: fl
       raise UserError(f'Colour jitter {name} must be >= 0, got {value}: fix config.augment.*_jitter.')
   if not 0 <= hue <= 0.5:
     raise UserError(f'Colour jitter hue must be in [0, 0.5] turns, got {hue}: fix config.augment.*_jitter.')
-  b_seed, c_seed, s_seed, h_seed = tf.unstack(_split(seed, 4))
-  # torchvision draws a random order of the four adjustments per image; a fixed order keeps one static graph and the
-  # same distribution of each factor. A strength of 0 skips the adjustment, as in torchvision.
-  if brightness:
-    x = _clip01(x * _factor(b_seed, brightness))
-  if contrast:
-    # The mean of the luma, from the channel means: no luma image needed.
-    x = _blend(x, _gray(tf.reduce_mean(x, axis=[0, 1])), _factor(c_seed, contrast))
-  if saturation:
-    x = _blend(x, _gray(x), _factor(s_seed, saturation))
-  if hue:
-    x = tf.image.adjust_hue(x, _uniform(h_seed, -hue, hue))
-  return x
+  order_seed, factor_seed = tf.unstack(_split(seed, 2))
+  adjustments = _jitter_adjustments(factor_seed, brightness, contrast, saturation, hue)
+  if len(adjustments) < 2:
+    return adjustments[0](x) if adjustments else x
+  # torchvision applies the adjustments in a random order per image.
+  return _apply_in_order(x, adjustments, tf.random.experimental.stateless_shuffle(tf.range(len(adjustments)),
+                                                                                  order_seed))
 
 
 def _grayscale(x: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
@@ -163,7 +183,7 @@ def random_affine(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, max_tra
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: float, saturation: float,
                  hue: float) -> tf.Tensor:
-  """torchvision's ColorJitter: factors U(max(0, 1 - x), 1 + x), hue shift U(-hue, hue) turns."""
+  """torchvision's ColorJitter: factors U(max(0, 1 - x), 1 + x), hue shift U(-hue, hue) turns, in a random order."""
   return _to_uint8(_color_jitter(_to_float(image), seed, brightness, contrast, saturation, hue))
 
 

@@ -15,13 +15,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssmae_jax import augment, folder_data
+from ssmae_jax import augment, folder_data, steps
 from ssmae_jax.errors import UserError
 
 _LABELED_STREAM = 0
 _UNLABELED_STREAM = 1
 # fold_in data of a folder example's crop seed: apart from the seeds its views split off the same per-example seed.
 _CROP_SEED = 7
+# fold_in data of the seed of the labeled view that config.reference_unlabeled_views puts before the three views.
+_REFERENCE_VIEW_SEED = 8
 # Decoding in chunks keeps the parsed examples of only one chunk alive next to the growing result.
 _LOAD_CHUNK = 4096
 
@@ -281,6 +283,19 @@ def shipped_size(stored_size: int, image_size: int, resize_on_device: bool) -> i
   return min(stored_size, image_size) if resize_on_device else image_size
 
 
+def _reference_view_source(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
+  """The image the reference builds its unlabeled views from: labeled view, normalised, then `ToPILImage`.
+
+  ToPILImage on a float tensor is `pic.mul(255).byte()`. We take torch's float -> uint8 cast as it runs on x86:
+  truncation toward zero, then the low 8 bits (-0.5 -> 0, -1.2 -> 255, 300.7 -> 44); TensorFlow's float -> int32 and
+  int32 -> uint8 casts do the same. Normalised values lie in about [-2.2, 2.7]: only pixels from the channel mean to
+  one std above it come through unwrapped.
+  """
+  x = tf.cast(augment.labeled_view(image, seed, aug), tf.float32) / 255.0
+  x = (x - steps.IMAGENET_MEAN) / steps.IMAGENET_STD
+  return tf.cast(tf.cast(x * 255.0, tf.int32), tf.uint8)
+
+
 def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index: int = 0, process_count: int = 1,
                   need_labeled: bool = True, need_unlabeled: bool = True) -> tf.data.Dataset:
   """The tf.data pipeline behind `train_iterator`."""
@@ -330,6 +345,9 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
       train_i = tf.gather(unlabeled_idx, i)
       # Folder data: one crop per example, shared by its three views, as one image is shared for TFDS data.
       image = load(train_i, seed)
+      if config.reference_unlabeled_views:
+        image = _reference_view_source(image, tf.random.experimental.stateless_fold_in(seed, _REFERENCE_VIEW_SEED),
+                                       aug)
       weak_seed, strong_seed, mae_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
       return {
           'unlabeled_weak': augment.weak_view(image, weak_seed),

@@ -1,7 +1,8 @@
 """ViT encoder, MAE decoder and linear head (DESIGN.md §1), in Flax Linen.
 
-The patch embedding is a Dense layer on patchified pixels: the same function as a stride-p convolution, with
-PyTorch's Xavier fan (fan_out = width), and it lets the reconstruction path embed only the kept patches.
+The patch embedding is a Dense layer on patchified pixels: the same function as a stride-p convolution, and it lets
+the reconstruction path embed only the kept patches. It keeps the reference's initialisation, PyTorch's default for
+Conv2d (the reference re-initialises only its Linear and LayerNorm layers).
 """
 
 from typing import Any
@@ -15,6 +16,19 @@ from ssmae_jax import masking
 LN_EPS = 1e-5
 xavier = nn.initializers.xavier_uniform()
 pos_init = nn.initializers.normal(stddev=0.02)
+
+
+def torch_conv_init(fan_in: int):
+  """PyTorch's default Conv2d initialisation of weights and bias alike: U(±1/√fan_in).
+
+  For the weights that is kaiming_uniform(a=√5): gain √(2 / (1 + 5)), bound gain·√(3 / fan_in) = 1/√fan_in. fan_in is
+  an argument, not read from the shape, because the bias's shape does not carry it."""
+  bound = fan_in ** -0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
 
 
 def dense(features: int, dtype: Any, use_bias: bool = True, name: str | None = None) -> nn.Dense:
@@ -81,6 +95,7 @@ class Block(nn.Module):
 class Encoder(nn.Module):
   """Patch embedding, class token, learned positions, pre-norm blocks, final LayerNorm."""
   num_patches: int
+  patch_dim: int
   width: int
   depth: int
   num_heads: int
@@ -88,7 +103,8 @@ class Encoder(nn.Module):
   dtype: Any
 
   def setup(self):
-    self.patch_embed = dense(self.width, self.dtype)
+    init = torch_conv_init(self.patch_dim)
+    self.patch_embed = nn.Dense(self.width, dtype=self.dtype, kernel_init=init, bias_init=init)
     self.cls_token = self.param('cls_token', pos_init, (1, 1, self.width))
     self.pos_embed = self.param('pos_embed', pos_init, (1, self.num_patches + 1, self.width))
     self.blocks = [Block(self.num_heads, self.mlp_ratio, self.dtype) for _ in range(self.depth)]
@@ -159,8 +175,10 @@ class SSMAE(nn.Module):
     return (self.image_size // self.patch_size) ** 2
 
   def setup(self):
-    self.encoder = Encoder(self.num_patches, self.width, self.depth, self.num_heads, self.mlp_ratio, self.dtype)
-    self.decoder = Decoder(self.num_patches, self.patch_size ** 2 * 3, self.decoder_width, self.decoder_depth,
+    patch_dim = self.patch_size ** 2 * 3
+    self.encoder = Encoder(self.num_patches, patch_dim, self.width, self.depth, self.num_heads, self.mlp_ratio,
+                           self.dtype)
+    self.decoder = Decoder(self.num_patches, patch_dim, self.decoder_width, self.decoder_depth,
                            self.decoder_num_heads, self.mlp_ratio, self.dtype)
     self.head = dense(self.num_classes, self.dtype)
 

@@ -1,5 +1,7 @@
 """Tests for ssmae_jax.augment: every op eagerly and inside tf.data, seeded, with its semantics."""
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -82,15 +84,46 @@ def test_zero_affine_and_zero_jitter_are_identity():
 
 @pytest.mark.parametrize('size', [32, 33])
 def test_rotation_is_about_the_centre(size):
-  # A blob centred on the image is invariant under any rotation about the centre; half a pixel off, it is not.
+  # A blob centred on the image keeps its centre of mass under any rotation about the centre; rotated about a point
+  # half a pixel off, its centre of mass moves by 0.15 to 1 pixel at these seeds. Nearest-neighbour sampling moves
+  # single pixels, so the centre of mass is the measure, not the largest pixel difference.
   centre = (size - 1) / 2
   yy, xx = np.mgrid[:size, :size]
   blob = 255 * np.exp(-((yy - centre) ** 2 + (xx - centre) ** 2) / (2 * 5.0 ** 2))
   image = tf.constant(np.repeat(blob.round().astype(np.uint8)[..., None], 3, axis=-1))
+
+  def centre_of_mass(x):
+    w = np.asarray(x, np.float64)[..., 0]
+    return np.array([(w * yy).sum(), (w * xx).sum()]) / w.sum()
+
   for i in range(6):
-    assert _max_diff(augment.random_affine(image, _seed(i), 90.0, 0.0), image) <= 3
+    out = augment.random_affine(image, _seed(i), 90.0, 0.0)
+    assert np.abs(centre_of_mass(out) - centre).max() < 0.05
+    assert _max_diff(out, image) <= 25
   noise = _noise(size=size)
   assert all(_max_diff(r, noise) > 50 for r in _outputs(lambda x, s: augment.random_affine(x, s, 90.0, 0.0), noise, 4))
+
+
+def _few_colours(size: int = SIZE) -> np.ndarray:
+  palette = np.array([[200, 30, 90], [10, 250, 120], [255, 255, 255], [60, 60, 180]], np.uint8)
+  return palette[np.random.default_rng(0).integers(0, len(palette), (size, size))]
+
+
+def _colours(image) -> set[tuple[int, ...]]:
+  return {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+
+
+def test_rotation_is_nearest_neighbour_eagerly_and_in_dataset_map():
+  # torchvision's RandomRotation / RandomAffine default: no blended colours, only the input's and the 0 fill.
+  image = _few_colours()
+  allowed = _colours(image) | {(0, 0, 0)}
+  op = lambda x, s: augment.random_affine(x, s, 30.0, 0.1)
+  seeds = np.array([[i, 7] for i in range(8)], np.int64)
+  eager = [op(tf.constant(image), tf.constant(s)).numpy() for s in seeds]
+  mapped = list(tf.data.Dataset.from_tensor_slices(seeds).map(lambda s: op(tf.constant(image), s)).as_numpy_iterator())
+  for out in eager + mapped:
+    assert _colours(out) <= allowed
+  assert all(_max_diff(o, image) > 0 for o in eager)
 
 
 def test_translation_shifts_by_whole_pixels_within_bound_and_fills_zero():
@@ -117,7 +150,7 @@ def test_brightness_scales_every_pixel_by_one_factor_in_range():
 def test_contrast_blends_with_the_grayscale_mean():
   # Strongly red, so the grayscale mean is far from the mean over channels; no value clips at factors in [0.6, 1.4].
   rng = np.random.default_rng(0)
-  image = np.concatenate([rng.integers(100, 160, (SIZE, SIZE, 1)), rng.integers(0, 30, (SIZE, SIZE, 2))], axis=-1)
+  image = np.concatenate([rng.integers(150, 200, (SIZE, SIZE, 1)), rng.integers(40, 70, (SIZE, SIZE, 2))], axis=-1)
   image = tf.constant(image.astype(np.uint8))
   gray_mean = lambda x: (np.asarray(x, np.float64) @ np.array([0.299, 0.587, 0.114])).mean()
   for i in range(4):
@@ -133,6 +166,33 @@ def test_saturation_and_hue_leave_gray_pixels_unchanged_and_change_colours():
     assert _max_diff(augment.color_jitter(gray, _seed(i), 0.0, 0.0, 0.4, 0.2), gray) <= 1
     assert _max_diff(augment.color_jitter(colour, _seed(i), 0.0, 0.0, 0.4, 0.0), colour) > 1
     assert _max_diff(augment.color_jitter(colour, _seed(i), 0.0, 0.0, 0.0, 0.2), colour) > 1
+
+
+def test_jitter_order_matters_with_fixed_factors():
+  x = tf.cast(_noise(), tf.float32) / 255.0
+  adjustments = augment._jitter_adjustments(_seed(0), 0.4, 0.4, 0.4, 0.2)
+  forward = augment._apply_in_order(x, adjustments, tf.constant([0, 1, 2, 3]))
+  backward = augment._apply_in_order(x, adjustments, tf.constant([3, 2, 1, 0]))
+  assert np.abs(forward.numpy() - backward.numpy()).max() > 2 / 255
+
+
+def test_jitter_draws_its_order_per_seed_eagerly_and_in_dataset_map():
+  image = _noise()
+  x = tf.cast(image, tf.float32) / 255.0
+  op = lambda im, s: augment.color_jitter(im, s, 0.4, 0.4, 0.4, 0.2)
+  seeds = np.array([[i, 7] for i in range(8)], np.int64)
+  mapped = list(tf.data.Dataset.from_tensor_slices(seeds).map(lambda s: op(image, s)).as_numpy_iterator())
+  orders = set()
+  for seed, m in zip(seeds, mapped):
+    out = op(image, tf.constant(seed)).numpy()
+    np.testing.assert_array_equal(out, op(image, tf.constant(seed)))
+    assert out.dtype == np.uint8 and _max_diff(out, m) <= 1
+    adjustments = augment._jitter_adjustments(augment._split(tf.constant(seed), 2)[1], 0.4, 0.4, 0.4, 0.2)
+    matches = [order for order in itertools.permutations(range(4))
+               if _max_diff(out, augment._to_uint8(augment._apply_in_order(x, adjustments, tf.constant(order)))) <= 1]
+    assert matches
+    orders.add(matches[0])
+  assert len(orders) > 1
 
 
 def test_grayscale_gives_equal_channels():

@@ -307,6 +307,52 @@ def test_seed_decides_order_and_augmentation(stream):
   assert not np.array_equal(reference[0]['labeled_image'], other['labeled_image'])
 
 
+_VIEWS = ('unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae')
+
+
+def test_reference_unlabeled_views_change_only_the_views_deterministically(stream):
+  splits, config, reference = stream
+  config = _with(config, reference_unlabeled_views=True)
+  first, again = (_take(input_pipeline.train_iterator(splits, config, 0), 2) for _ in range(2))
+  for a, b, clean in zip(first, again, reference):
+    _assert_batches_equal(a, b)
+    for key in clean:
+      if key in _VIEWS:
+        assert (a[key] != clean[key]).mean() > 0.5, key
+      else:
+        np.testing.assert_array_equal(a[key], clean[key], err_msg=key)
+
+
+def test_reference_unlabeled_views_off_is_the_default_stream(stream):
+  splits, config, reference = stream
+  assert not config.reference_unlabeled_views
+  _assert_batches_equal(next(input_pipeline.train_iterator(splits, _with(config, reference_unlabeled_views=False),
+                                                           0)), reference[0])
+
+
+def test_reference_view_source_is_the_normalised_labeled_view_wrapped_to_8_bits():
+  # torchvision's ToPILImage: pic.mul(255).byte(), truncation toward zero then modulo 256.
+  aug = get_config().augment
+  aug.labeled_rotation = 0.0
+  aug.labeled_jitter = (0.0, 0.0, 0.0, 0.0)
+  images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+  seeds = np.array([[i, 5] for i in range(3)], np.int64)
+  op = lambda x, s: input_pipeline._reference_view_source(x, s, aug)
+  eager = [op(tf.constant(x), tf.constant(s)).numpy() for x, s in zip(images, seeds)]
+  mapped = list(tf.data.Dataset.from_tensor_slices((images, seeds)).map(op).as_numpy_iterator())
+  for image, e, m in zip(images, eager, mapped):
+    np.testing.assert_array_equal(e, m)
+    normalised = (image / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    expected = np.trunc(normalised * 255.0).astype(np.int64) % 256
+    assert min(_max_wrapped_diff(e, expected), _max_wrapped_diff(e, expected[:, ::-1])) <= 1
+
+
+def _max_wrapped_diff(a, b) -> int:
+  """Distance modulo 256: float rounding next to a truncation boundary may land on either side of a wrap."""
+  d = (np.asarray(a, np.int64) - np.asarray(b, np.int64)) % 256
+  return int(np.minimum(d, 256 - d).max())
+
+
 def test_process_slices_concatenate_to_the_global_batch(stream):
   splits, config, reference = stream
   parts = [_take(input_pipeline.train_iterator(splits, config, 10, process_index=p, process_count=2), 3)

@@ -16,6 +16,7 @@ TINY = dict(num_classes=10, image_size=16, patch_size=4, width=32, depth=2, num_
 N = 16  # (16 / 4) ** 2
 K = 4  # int(16 * 0.25)
 B = 2
+PATCH_EMBED = 'encoder/patch_embed'
 
 
 def _count(tree) -> int:
@@ -308,10 +309,10 @@ def test_learned_positions_differ_between_seeds(init_samples):
   assert not np.allclose(a, b)
 
 
-def test_all_biases_zero_and_layer_norm_scales_one(init_samples):
+def test_linear_biases_zero_and_layer_norm_scales_one(init_samples):
   params = init_samples[0]
   leaves = _leaves_with_path(params)
-  biases = [(n, v) for n, v in leaves if n.endswith('/bias')]
+  biases = [(n, v) for n, v in leaves if n.endswith('/bias') and n != PATCH_EMBED + '/bias']
   scales = [(n, v) for n, v in leaves if n.endswith('/scale')]
   assert len(biases) > 10 and len(scales) == 2 * 2 + 1 + 2 * 1 + 1
   for name, value in biases:
@@ -320,10 +321,11 @@ def test_all_biases_zero_and_layer_norm_scales_one(init_samples):
     assert np.all(value == 1.0), name
 
 
-def test_dense_kernels_are_xavier_uniform(init_samples):
-  kernels = [(n, v) for n, v in _leaves_with_path(init_samples[0]) if n.endswith('/kernel')]
+def test_linear_kernels_are_xavier_uniform(init_samples):
+  kernels = [(n, v) for n, v in _leaves_with_path(init_samples[0])
+             if n.endswith('/kernel') and n != PATCH_EMBED + '/kernel']
   names = {n for n, _ in kernels}
-  for expected in ('encoder/patch_embed/kernel', 'head/kernel', 'decoder/embed/kernel', 'decoder/pred/kernel',
+  for expected in ('head/kernel', 'decoder/embed/kernel', 'decoder/pred/kernel',
                    'encoder/blocks_0/attn/qkv/kernel', 'encoder/blocks_0/fc1/kernel'):
     assert expected in names
   for name, w in kernels:
@@ -335,10 +337,21 @@ def test_dense_kernels_are_xavier_uniform(init_samples):
     np.testing.assert_allclose(w.std(), bound / math.sqrt(3.0), rtol=0.1, err_msg=name)
 
 
-def test_patch_embed_kernel_has_conv_fans():
-  """A stride-p conv on p*p*3 inputs to `width` outputs: Xavier's fans are (p*p*3, width), as in the reference."""
+def test_patch_embed_kernel_has_conv_shape():
+  """A stride-p conv on p*p*3 inputs to `width` outputs."""
   params = _abstract_params(models.SSMAE(**TINY), 16)
   assert params['encoder']['patch_embed']['kernel'].shape == (4 * 4 * 3, 32)
+
+
+@pytest.mark.parametrize('leaf', ['kernel', 'bias'])
+def test_patch_embed_keeps_torch_conv2d_default_init(init_samples, leaf):
+  # The reference leaves its Conv2d patch embedding at PyTorch's default: U(±1/√fan_in), fan_in = 3·p², bias too.
+  bound = 1.0 / math.sqrt(3 * 4 ** 2)
+  values = np.concatenate([p['encoder']['patch_embed'][leaf].ravel() for p in init_samples])
+  assert np.abs(values).max() <= bound * (1 + 1e-6)
+  assert np.abs(values).max() >= 0.95 * bound
+  np.testing.assert_allclose(values.std(), bound / math.sqrt(3.0), rtol=0.1)
+  assert abs(values.mean()) < 0.1 * bound
 
 
 # --- mixed precision -------------------------------------------------------------------------------------------------
