@@ -271,9 +271,8 @@ def test_2_4_8_devices_train_as_1_device_and_an_indivisible_batch_fails_before_c
   assert three.returncode == 2 and 'Traceback' not in three.stderr
   assert three.stderr.strip().splitlines()[-1] == ('error: config.labeled_batch_size=64 does not divide by the 3 '
                                                    'devices: set it to a multiple of 3.')
-  # Before the workdir, the data and any compilation but that of the constants some modules make on import.
-  assert 'Compiling jit(' in three.stderr and 'Compiling jit(init)' not in three.stderr
-  assert 'Compiling jit(train_step)' not in three.stderr
+  # Before the workdir, the data and any compilation (the runs below show these logs name what compiles).
+  assert 'Compiling jit(' not in three.stderr
   assert not os.path.exists(tmp_path / 'three')
 
   runs = {n: _start(tmp_path / str(n), _env(base_env, devices=n, JAX_LOG_COMPILES='1')) for n in (2, 4, 8)}
