@@ -15,10 +15,9 @@ import numpy as np
 import optax
 
 from ssmae_jax import augment, checkpointing, configuration, data_record, fileio, gate, input_pipeline, masking
-from ssmae_jax import methods, models
-from ssmae_jax import predict, runtime, sharding, steps, train_state, visualize
-from ssmae_jax.run_log import RunLog
+from ssmae_jax import methods, models, predict, runtime, sharding, steps, train_state, visualize
 from ssmae_jax.errors import UserError
+from ssmae_jax.run_log import RunLog
 
 PREFETCH_TO_DEVICE = 2
 NUM_FIGURE_IMAGES = 8  # Validation images shown in every reconstruction grid (the same ones each time).
