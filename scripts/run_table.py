@@ -5,6 +5,8 @@
 
 Each run is `main.py` in its own workdir ROOT/<dataset>/<method>/labels<fraction>/seed<seed>, so an interrupted
 table resumes where it stopped (finished runs are skipped, a half-done one resumes from its checkpoint).
+A seed is a fresh split and a fresh initialisation: it sets both `config.seed` and `config.split_seed`, so the
+rows' ± is over different labeled / validation sets, as a new user would meet them.
 `finetune` starts from the `mae_pretrain` run of the same seed (pre-training uses all images, so it does not
 depend on the label fraction and runs once per seed). Arguments after `--` go to every run.
 On a TPU/GPU host run it as it is: each run uses all local devices. To spread runs over several hosts, give each
@@ -62,7 +64,8 @@ def main() -> int:
     if (fileio.path(wd) / 'results.json').exists():
       continue
     command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
-               f'--config.method={method}', f'--config.dataset={args.dataset}', f'--config.seed={seed}']
+               f'--config.method={method}', f'--config.dataset={args.dataset}', f'--config.seed={seed}',
+               f'--config.split_seed={seed}']
     if fraction is not None:
       command.append(f'--config.label_fraction={fraction}')
     if method == 'finetune':  # The paper's fine-tuning recipe; arguments after -- still override it.

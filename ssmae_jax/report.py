@@ -25,8 +25,8 @@ PAPER = {
 # What a workdir holds besides its JSON files.
 RUN_FOLDERS = ('checkpoints', 'best', 'figures', 'compilation_cache', 'profile')
 METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
-# Fields that say where or how a run was kept, not what it learned; seeds are what a row averages over.
-NOT_A_VARIANT = ('seed', 'data_dir', 'init_from', 'labeled_dir', 'unlabeled_dir', 'test_dir',
+# Fields that say where or how a run was kept, not what it learned; seeds and splits are what a row averages over.
+NOT_A_VARIANT = ('seed', 'split_seed', 'data_dir', 'init_from', 'labeled_dir', 'unlabeled_dir', 'test_dir',
                  *configuration.RESUME_SAFE_FIELDS)
 
 

@@ -35,7 +35,7 @@ def test_runs_of_different_configs_are_rows_of_their_own(tmp_path, capsys):
   base = dict(dataset='cifar10', method='ssmae', label_fraction=0.1)
   for seed, acc in enumerate([0.50, 0.52]):  # Seeds of one config, and a resume-safe field that may differ.
     write(tmp_path / f'a{seed}', **base, seed=seed, test_accuracy=acc,
-          config=dict(seed=seed, tau=0.95, log_every_steps=10 + seed, model=dict(width=128)))
+          config=dict(seed=seed, split_seed=seed, tau=0.95, log_every_steps=10 + seed, model=dict(width=128)))
   write(tmp_path / 'b', **base, seed=0, test_accuracy=0.60, config=dict(seed=0, tau=0.85, model=dict(width=128)))
   write(tmp_path / 'c', **base, seed=0, test_accuracy=0.70, config=dict(seed=0, tau=0.85, model=dict(width=64)))
 
@@ -70,6 +70,8 @@ def test_table_launcher_orders_runs_and_feeds_finetune_the_pretrained_run(tmp_pa
   assert f'--workdir={pretrain_dir}' in out[0]
   assert f'--config.init_from={pretrain_dir}' in out[1] and '--config.label_fraction=0.1' in out[1]
   assert all(l.endswith('--config.num_steps=7') for l in out)  # Extra arguments reach every run, last.
+  # A seed is a new split as well as a new initialisation.
+  assert all('--config.seed=0' in l and '--config.split_seed=0' in l for l in out)
 
 
 def test_cost_estimate_counts_the_flops_of_a_step(tmp_path):
