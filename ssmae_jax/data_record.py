@@ -8,48 +8,15 @@ another place) still resumes. For a TFDS dataset it holds the size of the train 
 another version of the dataset is refused too.
 """
 
-import hashlib
-import os
-
-import numpy as np
-
 from ssmae_jax import fileio
 from ssmae_jax.errors import UserError
 
 FILE_NAME = 'data.json'
 
 
-def _relative(paths, root: str) -> list[str]:
-  if fileio.is_remote(root):
-    # Not os.path.relpath: it would take a bucket URL (gs://b/x) for a path below the current directory.
-    prefix = root.rstrip('/') + '/'
-    return [str(p).removeprefix(prefix) for p in paths]
-  return [os.path.relpath(str(p), root) for p in paths]
-
-
-def _sha256(groups: list[list[str]]) -> str:
-  h = hashlib.sha256()
-  for group in groups:
-    for name in group:
-      h.update(os.fsencode(name) + b'\n')
-    h.update(b'\0')
-  return h.hexdigest()
-
-
 def describe(splits, config) -> dict:
-  """What identifies the train split of `splits`: for folders, every file (relative path, in index order)."""
-  if splits.train_paths is None:
-    labels = np.ascontiguousarray(splits.train_labels, '<i4')
-    return dict(dataset=config.dataset, num_train_examples=len(labels),
-                train_labels_sha256=hashlib.sha256(labels.tobytes()).hexdigest())
-  # Folder data: the labeled folder's files (labels >= 0), then the unlabeled folder's (-1), each in index order.
-  # A labeled file's relative path starts with its class folder, so it records the label too.
-  labeled = splits.train_labels >= 0
-  labeled_files = _relative(splits.train_paths[labeled], config.labeled_dir)
-  unlabeled_files = _relative(splits.train_paths[~labeled], config.unlabeled_dir) if config.unlabeled_dir else []
-  return dict(dataset='folder', sha256=_sha256([labeled_files, unlabeled_files]),
-              num_labeled_files=len(labeled_files), num_unlabeled_files=len(unlabeled_files),
-              class_names=list(splits.class_names), labeled_files=labeled_files, unlabeled_files=unlabeled_files)
+  """What identifies the train split of `splits` (its source says: data_sources.ImageSource.describe)."""
+  return splits.source.describe(splits.train_labels, splits.class_names, config)
 
 
 def _folder_change(field: str, folder: str, old: list[str], new: list[str], skip_bad: bool) -> str:

@@ -1,8 +1,9 @@
 """Splits (labeled / validation / unlabeled / test) and the tf.data streams of DESIGN.md §1.
 
-A TFDS train split lives in memory as numpy; image folders (config.dataset='folder') stay on disk as sorted paths
-and the training streams read and decode the files. Data order and augmentations are pure functions of
-(config.seed, step) either way, so a run resumed at step s sees exactly the batches of an uninterrupted run.
+The train split's images come from a data_sources.ImageSource: a TFDS split in memory, or image folders
+(config.dataset='folder') left on disk, read and decoded by the streams. Data order and augmentations are pure
+functions of (config.seed, step) either way, so a run resumed at step s sees exactly the batches of an uninterrupted
+run.
 """
 
 import dataclasses
@@ -15,13 +16,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssmae_jax import augment, folder_data, steps
+from ssmae_jax import augment, data_sources, folder_data, steps
 from ssmae_jax.errors import UserError
 
 _LABELED_STREAM = 0
 _UNLABELED_STREAM = 1
-# fold_in data of a folder example's crop seed: apart from the seeds its views split off the same per-example seed.
-_CROP_SEED = 7
 # fold_in data of the seed of the labeled view that config.reference_unlabeled_views puts before the three views.
 _REFERENCE_VIEW_SEED = 8
 # Decoding in chunks keeps the parsed examples of only one chunk alive next to the growing result.
@@ -30,31 +29,26 @@ _LOAD_CHUNK = 4096
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-  """The train split (in memory, or as files) and the index sets carved from it."""
+  """The train split (its images, its labels) and the index sets carved from it."""
   num_classes: int
   class_names: list[str]
-  train_images: np.ndarray | None  # uint8 [N, h, w, 3]; None for folder data (train_paths).
+  source: data_sources.ImageSource  # The train examples' images.
   train_labels: np.ndarray  # int32 [N]; -1 where unknown (the files of an unlabeled folder).
   labeled_idx: np.ndarray  # int64, sorted: labeled training examples (validation excluded).
   val_idx: np.ndarray  # int64, sorted: held-out validation examples (a class-balanced part of the labeled ones).
   unlabeled_idx: np.ndarray  # int64, sorted: pool index i <-> train index unlabeled_idx[i].
   test_images: np.ndarray | None  # Folder data: decoded once, as evaluation sees them.
   test_labels: np.ndarray | None
-  # Folder data: the file of each train example (the labeled folder's, then the unlabeled folder's, each sorted).
-  train_paths: np.ndarray | None = None
 
   def eval_images(self, idx: np.ndarray, image_size: int) -> np.ndarray:
     """uint8 images of train examples idx for evaluation: in-memory rows at their stored size (eval_batches
     ships them at the size the eval step takes), or decoded files, resized and centre-cropped to image_size."""
-    if self.train_paths is None:
-      return self.train_images[idx]
-    return folder_data.decode_for_eval(self.train_paths[idx], image_size)
+    return self.source.eval_images(idx, image_size)
 
-  def unlabeled_files(self) -> np.ndarray:
-    """bool [pool size]: which pool examples are files of the unlabeled folder (none for TFDS data)."""
-    if self.train_paths is None:
-      return np.zeros(len(self.unlabeled_idx), bool)
-    return self.train_labels[self.unlabeled_idx] < 0
+  @property
+  def has_files(self) -> bool:
+    """Whether the train examples are files on disk (folder data): a run then labels them in pseudo_labels.csv."""
+    return self.source.has_files
 
 
 def _builder(config: Any) -> tfds.core.DatasetBuilder:
@@ -179,7 +173,8 @@ def _folder_splits(config: Any) -> Splits:
   return Splits(
       num_classes=num_classes,
       class_names=folders.class_names,
-      train_images=None,
+      source=data_sources.ImageFiles(np.asarray(folders.labeled_paths + folders.unlabeled_paths, dtype=object),
+                                     num_labeled),
       train_labels=np.concatenate([folders.labeled_labels,
                                    np.full(len(folders.unlabeled_paths), -1, np.int32)]),
       labeled_idx=labeled_idx,
@@ -187,7 +182,6 @@ def _folder_splits(config: Any) -> Splits:
       unlabeled_idx=np.concatenate([leftover_idx, unlabeled_files]),
       test_images=test_images,
       test_labels=folders.test_labels,
-      train_paths=np.asarray(folders.labeled_paths + folders.unlabeled_paths, dtype=object),
   )
 
 
@@ -203,7 +197,7 @@ def load_splits(config: Any) -> Splits:
   return Splits(
       num_classes=num_classes,
       class_names=list(builder.info.features['label'].names),
-      train_images=train_images,
+      source=data_sources.InMemoryImages(train_images),
       train_labels=train_labels,
       labeled_idx=labeled_idx,
       val_idx=val_idx,
@@ -211,6 +205,27 @@ def load_splits(config: Any) -> Splits:
       test_images=test_images,
       test_labels=test_labels,
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSplit:
+  num_classes: int
+  class_names: list[str]
+  images: np.ndarray | None  # uint8 [N, h, w, 3] as evaluation sees them; None: the dataset has no test split.
+  labels: np.ndarray | None
+
+
+def load_test_split(config: Any) -> TestSplit:
+  """The test split and the classes alone, without reading the train split (what evaluating a checkpoint needs)."""
+  if config.dataset == 'folder':
+    folders = folder_data.load_folders(config)
+    images = (None if folders.test_paths is None else
+              folder_data.decode_for_eval(folders.test_paths, config.image_size))
+    return TestSplit(len(folders.class_names), folders.class_names, images, folders.test_labels)
+  builder = _builder(config)
+  images, labels = _load(builder, 'test') if 'test' in builder.info.splits else (None, None)
+  label = builder.info.features['label']
+  return TestSplit(label.num_classes, list(label.names), images, labels)
 
 
 def steps_per_epoch(splits: Splits, config: Any) -> int:
@@ -273,16 +288,6 @@ def _options() -> tf.data.Options:
   return options
 
 
-def shipped_size(stored_size: int, image_size: int, resize_on_device: bool) -> int:
-  """The size tf.data resizes in-memory images to before augmenting and shipping them.
-
-  With resize_on_device, images smaller than image_size travel at their stored size and the jitted step upsamples
-  them (steps.prepare_images): the host augments ~(image_size / stored_size)² fewer pixels. Larger ones are still
-  shrunk here, where it saves the host work rather than adding it.
-  """
-  return min(stored_size, image_size) if resize_on_device else image_size
-
-
 def _reference_view_source(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
   """The image the reference builds its unlabeled views from: labeled view, normalised, then `ToPILImage`.
 
@@ -301,28 +306,15 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
   """The tf.data pipeline behind `train_iterator`."""
   if not (need_labeled or need_unlabeled):
     raise ValueError('Ask for the labeled stream, the unlabeled stream or both.')
-  size, aug = config.image_size, config.augment
-  labels = tf.constant(splits.train_labels, tf.int32)
-  if splits.train_paths is None:
-    images = tf.constant(splits.train_images)
-    host_size = shipped_size(splits.train_images.shape[1], size, config.resize_on_device)
-
-    def load(train_i, seed):
-      del seed
-      return augment.resize(tf.gather(images, train_i), host_size)
-  else:
-    paths = folder_data.path_tensor(splits.train_paths)
-
-    def load(train_i, seed):
-      crop_seed = tf.random.experimental.stateless_fold_in(seed, _CROP_SEED)
-      return folder_data.random_resized_crop(folder_data.read(tf.gather(paths, train_i)), crop_seed, size,
-                                             aug.crop_scale, aug.crop_ratio)
+  aug = config.augment
+  load = splits.source.train_image(config.image_size, config.resize_on_device, aug)
   autotune = tf.data.AUTOTUNE
   streams = {}
 
   if need_labeled:
     rows = _local_rows(config.labeled_batch_size, process_index, process_count, 'config.labeled_batch_size')
     labeled_idx = tf.constant(splits.labeled_idx, tf.int64)
+    labels = tf.constant(splits.train_labels, tf.int32)
 
     def labeled(i, seed):
       train_i = tf.gather(labeled_idx, i)
@@ -342,9 +334,7 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
     unlabeled_idx = tf.constant(splits.unlabeled_idx, tf.int64)
 
     def unlabeled(i, seed):
-      train_i = tf.gather(unlabeled_idx, i)
-      # Folder data: one crop per example, shared by its three views, as one image is shared for TFDS data.
-      image = load(train_i, seed)
+      image = load(tf.gather(unlabeled_idx, i), seed)
       if config.reference_unlabeled_views:
         image = _reference_view_source(image, tf.random.experimental.stateless_fold_in(seed, _REFERENCE_VIEW_SEED),
                                        aug)
@@ -354,7 +344,6 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
           'unlabeled_strong': augment.strong_view(image, strong_seed, aug),
           'unlabeled_mae': augment.labeled_view(image, mae_seed, aug),
           'unlabeled_index': tf.cast(i, tf.int32),
-          'unlabeled_label': tf.gather(labels, train_i),
       }
 
     ds = _index_stream(len(splits.unlabeled_idx), config.unlabeled_batch_size, start_step, rows,
@@ -371,10 +360,10 @@ def train_iterator(splits: Splits, config: Any, start_step: int, *, process_inde
   """Yields step start_step, start_step + 1, ...: this process's contiguous slice of each global batch.
 
   Keys: labeled_image uint8 [l, S, S, 3], labeled_label int32 [l] (need_labeled); unlabeled_weak / _strong / _mae
-  uint8 [u, S, S, 3], unlabeled_index int32 [u] (pool index), unlabeled_label int32 [u] (metrics only; -1 where
-  unknown) (need_unlabeled). l, u = the global batch sizes / process_count. S = config.image_size, except with
-  config.resize_on_device for in-memory (TFDS) data: S = S0 = min(stored size, image_size), every view augmented
-  at S0, and the train step resizes to image_size (`shipped_size`). Folder data always ships image_size.
+  uint8 [u, S, S, 3], unlabeled_index int32 [u] (pool index) (need_unlabeled). l, u = the global batch sizes /
+  process_count. S = config.image_size, except with config.resize_on_device for in-memory (TFDS) data: S = S0 =
+  min(stored size, image_size), every view augmented at S0, and the train step resizes to image_size
+  (`data_sources.shipped_size`). Folder data always ships image_size.
   """
   return train_dataset(splits, config, start_step, process_index=process_index, process_count=process_count,
                        need_labeled=need_labeled, need_unlabeled=need_unlabeled).as_numpy_iterator()
@@ -390,8 +379,8 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """This process's slice of each global batch: image uint8 [b, S, S, 3], label int32 [b], mask bool [b].
 
-  S = image_size, or with resize_on_device S0 = min(the images' size, image_size) (`shipped_size`): the eval step
-  resizes to image_size.
+  S = image_size, or with resize_on_device S0 = min(the images' size, image_size) (`data_sources.shipped_size`): the
+  eval step resizes to image_size.
 
   The set is padded to a multiple of batch_size (global) with zero images masked out, so every example counts
   exactly once on any process count.
@@ -404,7 +393,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_
   mask = rows < n
   source = np.minimum(rows, n - 1)
   images_t, labels_t = tf.constant(images), tf.constant(labels, tf.int32)
-  size = shipped_size(images.shape[1], image_size, resize_on_device)
+  size = data_sources.shipped_size(images.shape[1], image_size, resize_on_device)
 
   def batch(i, m):
     image = augment.resize(tf.gather(images_t, i), size)
@@ -427,19 +416,8 @@ def pool_batches(splits: Splits, batch_size: int, image_size: int, *, resize_on_
   if not rows.size:
     return iter(())
   mask = rows < n
-  source = splits.unlabeled_idx[np.minimum(rows, n - 1)]
-  if splits.train_paths is None:
-    images = tf.constant(splits.train_images)
-    size = shipped_size(splits.train_images.shape[1], image_size, resize_on_device)
-
-    def view(i):
-      return augment.resize(tf.gather(images, i), size)
-  else:
-    paths = folder_data.path_tensor(splits.train_paths)
-
-    def view(i):
-      return folder_data.center_crop(folder_data.read(tf.gather(paths, i)), image_size)
-
-  ds = tf.data.Dataset.from_tensor_slices((source.reshape(-1), mask.reshape(-1)))
+  train_idx = splits.unlabeled_idx[np.minimum(rows, n - 1)]
+  view = splits.source.eval_image(image_size, resize_on_device)
+  ds = tf.data.Dataset.from_tensor_slices((train_idx.reshape(-1), mask.reshape(-1)))
   ds = ds.map(lambda i, m: {'image': view(i), 'mask': m}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(hi - lo).prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()

@@ -47,29 +47,22 @@ def pool_predictions(model, params, splits, config, mesh) -> tuple[np.ndarray, n
 
 def pseudo_label_rows(splits, memory: np.ndarray, classes: np.ndarray, confidences: np.ndarray,
                       tau: float) -> list[tuple[str, str, str, str, str]]:
-  """One row per unlabeled-folder file (per pool example for TFDS data, named by its train-split index), by path.
+  """The rows of the pool examples its source lists (data_sources.ImageSource.csv_rows): each unlabeled-folder file,
+  by path, sorted; each pool example of TFDS data, named by its train-split index.
 
   The pseudo-label is the memory's (source `memory`: the gate gave it during training); without one, the final
   model's prediction if its confidence exceeds tau (source `model`); else empty.
   """
   names = splits.class_names
-  if splits.train_paths is None:
-    keep = np.arange(len(splits.unlabeled_idx))
-    paths = [str(i) for i in splits.unlabeled_idx]
-  else:
-    keep = np.flatnonzero(splits.unlabeled_files())
-    paths = [str(p) for p in splits.train_paths[splits.unlabeled_idx]]
   rows = []
-  for i in keep:
+  for i, path in zip(*splits.source.csv_rows(splits.unlabeled_idx)):
     if memory[i] >= 0:
       label, source = names[memory[i]], 'memory'
     elif confidences[i] > tau:
       label, source = names[classes[i]], 'model'
     else:
       label, source = '', ''
-    rows.append((paths[i], label, names[classes[i]], f'{confidences[i]:.6f}', source))
-  if splits.train_paths is not None:
-    rows.sort(key=lambda r: r[0])
+    rows.append((path, label, names[classes[i]], f'{confidences[i]:.6f}', source))
   return rows
 
 

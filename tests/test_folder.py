@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from configs import folder
-from ssmae_jax import configuration, data_record, folder_data, input_pipeline, predict, train
+from ssmae_jax import configuration, data_record, data_sources, folder_data, input_pipeline, predict, train
 from ssmae_jax.errors import UserError
 from test_input_pipeline import fake_tfds  # noqa: F401  (a fixture: synthetic TFDS data)
 
@@ -177,9 +177,9 @@ def test_splits_of_folders(dirs):
   config = folder_config(dirs, test=True)
   splits = input_pipeline.load_splits(config)
   assert splits.class_names == list(CLASSES) and splits.num_classes == 3
-  assert splits.train_images is None
+  assert splits.has_files
   n_labeled = len(CLASSES) * PER_CLASS
-  paths = [str(p) for p in splits.train_paths]
+  paths = [str(p) for p in splits.source.paths]
   assert len(paths) == n_labeled + UNLABELED
   # Labels from folder names; nested sub-folders of a class folder count; the pool is the unlabeled folder, sorted.
   for i in range(n_labeled):
@@ -197,7 +197,7 @@ def test_splits_of_folders(dirs):
   np.testing.assert_array_equal(np.bincount(splits.test_labels), [TEST_PER_CLASS] * 3)
   # Stable: listing again gives the same indices.
   again = input_pipeline.load_splits(config)
-  np.testing.assert_array_equal(again.train_paths, splits.train_paths)
+  np.testing.assert_array_equal(again.source.paths, splits.source.paths)
   np.testing.assert_array_equal(again.val_idx, splits.val_idx)
 
 
@@ -208,7 +208,6 @@ def test_folder_streams_are_a_pure_function_of_seed_and_step(dirs):
   batches = [next(it) for _ in range(6)]
   for key in ('labeled_image', 'unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae'):
     assert batches[0][key].shape[1:] == (32, 32, 3) and batches[0][key].dtype == np.uint8
-  assert (batches[0]['unlabeled_label'] == -1).all()
   assert ((batches[0]['labeled_label'] >= 0) & (batches[0]['labeled_label'] < 3)).all()
   resumed = input_pipeline.train_iterator(splits, config, 4)
   for want in batches[4:]:
@@ -244,7 +243,7 @@ def test_pseudo_labels_csv_covers_every_unlabeled_file_once(folder_run):
   on_disk = [str(p) for p in pathlib.Path(run.config.unlabeled_dir).rglob('*') if p.suffix.lower() in ('.png', '.jpg')]
   assert paths == sorted(on_disk) and len(set(paths)) == UNLABELED
   memory = np.asarray(run.state.pseudo_labels)
-  pool = [str(run.splits.train_paths[i]) for i in run.splits.unlabeled_idx]
+  pool = [str(run.splits.source.paths[i]) for i in run.splits.unlabeled_idx]
   sources = set()
   for row in rows:
     label = memory[pool.index(row['path'])]
@@ -376,10 +375,12 @@ def test_data_record_rules(dirs, tmp_path):
     data_record.check(workdir, input_pipeline.load_splits(config), config, record=False)
   # A TFDS dataset: its size and labels.
   tfds_config = folder_config(data, dataset='cifar10')
-  splits = types.SimpleNamespace(train_paths=None, train_labels=np.array([0, 1, 2, 1], np.int32))
+  in_memory = data_sources.InMemoryImages(np.zeros((4, 8, 8, 3), np.uint8))
+  splits = types.SimpleNamespace(source=in_memory, train_labels=np.array([0, 1, 2, 1], np.int32), class_names=CLASSES)
   saved = data_record.describe(splits, tfds_config)
   assert data_record.difference(saved, data_record.describe(splits, tfds_config), tfds_config) is None
-  relabeled = types.SimpleNamespace(train_paths=None, train_labels=np.array([0, 1, 1, 2], np.int32))
+  relabeled = types.SimpleNamespace(source=in_memory, train_labels=np.array([0, 1, 1, 2], np.int32),
+                                    class_names=CLASSES)
   assert 'another version' in data_record.difference(saved, data_record.describe(relabeled, tfds_config), tfds_config)
 
 
@@ -437,7 +438,7 @@ def test_corrupt_image_is_named_or_skipped(dirs, tmp_path, caplog):
   _expect_error(folder_config(dirs, unlabeled_dir=str(unlabeled)), f'Cannot read image {bad}.*skip_bad_images')
   with caplog.at_level('WARNING'):
     splits = input_pipeline.load_splits(folder_config(dirs, unlabeled_dir=str(unlabeled), skip_bad_images=True))
-  assert [os.path.basename(str(splits.train_paths[i])) for i in splits.unlabeled_idx] == ['ok0.png', 'ok1.png',
+  assert [os.path.basename(str(splits.source.paths[i])) for i in splits.unlabeled_idx] == ['ok0.png', 'ok1.png',
                                                                                           'ok2.png']
   assert 'Skipped 1 unreadable image' in caplog.text
   # A labeled image is checked too, and a truncated PNG is as bad as garbage.

@@ -94,7 +94,7 @@ def _assert_batches_equal(a, b):
 def test_splits_are_disjoint_sorted_and_class_balanced(fake_tfds):
   splits = input_pipeline.load_splits(_config(fake_tfds()))
   assert splits.num_classes == 10 and len(splits.class_names) == 10
-  assert splits.train_images.shape == (200, 32, 32, 3) and splits.train_images.dtype == np.uint8
+  assert splits.source.images.shape == (200, 32, 32, 3) and splits.source.images.dtype == np.uint8
   assert splits.train_labels.dtype == np.int32
   assert splits.test_images.shape == (30, 32, 32, 3) and splits.test_labels.shape == (30,)
   # 20 per class -> 10 labeled, of which 2 go to validation.
@@ -104,7 +104,7 @@ def test_splits_are_disjoint_sorted_and_class_balanced(fake_tfds):
   for idx in (splits.labeled_idx, splits.val_idx, splits.unlabeled_idx):
     assert idx.dtype == np.int64 and (np.diff(idx) > 0).all()
   # Test examples come from their own split, not from the train examples.
-  assert not any((splits.train_images == t).all(axis=(1, 2, 3)).any() for t in splits.test_images)
+  assert not any((splits.source.images == t).all(axis=(1, 2, 3)).any() for t in splits.test_images)
 
 
 def test_unlabeled_pool_excludes_validation(fake_tfds):
@@ -141,7 +141,7 @@ def test_cifar100_and_missing_test_split(fake_tfds):
 
 def test_grayscale_becomes_three_equal_channels(fake_tfds):
   splits = input_pipeline.load_splits(_config(fake_tfds('mnist', 100, 10), dataset='mnist'))
-  images = splits.train_images
+  images = splits.source.images
   assert images.shape == (100, 28, 28, 3)
   assert (images[..., 0] == images[..., 1]).all() and (images[..., 0] == images[..., 2]).all()
 
@@ -236,12 +236,10 @@ def test_train_batches_keys_shapes_dtypes_and_contents(stream):
       'labeled_image': ((8, 32, 32, 3), np.uint8), 'labeled_label': ((8,), np.int32),
       'unlabeled_weak': ((16, 32, 32, 3), np.uint8), 'unlabeled_strong': ((16, 32, 32, 3), np.uint8),
       'unlabeled_mae': ((16, 32, 32, 3), np.uint8), 'unlabeled_index': ((16,), np.int32),
-      'unlabeled_label': ((16,), np.int32),
   }
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
   train_idx = splits.unlabeled_idx[batch['unlabeled_index']]
-  np.testing.assert_array_equal(batch['unlabeled_label'], splits.train_labels[train_idx])
-  for weak, image in zip(batch['unlabeled_weak'], splits.train_images[train_idx]):  # The image, maybe mirrored.
+  for weak, image in zip(batch['unlabeled_weak'], splits.source.images[train_idx]):  # The image, maybe mirrored.
     assert np.array_equal(weak, image) or np.array_equal(weak, image[:, ::-1])
   assert set(batch['labeled_label']) <= set(range(10))
   for key in ('unlabeled_strong', 'unlabeled_mae'):
@@ -277,8 +275,7 @@ def test_need_flags_select_the_streams(stream):
   labeled = next(input_pipeline.train_iterator(splits, config, 0, need_unlabeled=False))
   unlabeled = next(input_pipeline.train_iterator(splits, config, 0, need_labeled=False))
   assert set(labeled) == {'labeled_image', 'labeled_label'}
-  assert set(unlabeled) == {'unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae', 'unlabeled_index',
-                            'unlabeled_label'}
+  assert set(unlabeled) == {'unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae', 'unlabeled_index'}
   _assert_batches_equal(labeled | unlabeled, reference[0])
 
 
@@ -440,7 +437,7 @@ def cifar10():
 def test_cifar10_splits(cifar10):
   splits, _ = cifar10
   assert splits.class_names[:2] == ['airplane', 'automobile']
-  assert splits.train_images.shape == (50_000, 32, 32, 3) and splits.test_images.shape == (10_000, 32, 32, 3)
+  assert splits.source.images.shape == (50_000, 32, 32, 3) and splits.test_images.shape == (10_000, 32, 32, 3)
   assert np.bincount(splits.train_labels[splits.labeled_idx]).tolist() == [450] * 10
   assert np.bincount(splits.train_labels[splits.val_idx]).tolist() == [50] * 10
   assert len(splits.unlabeled_idx) == 49_500 and not set(splits.unlabeled_idx) & set(splits.val_idx)
@@ -452,5 +449,5 @@ def test_cifar10_train_and_eval_batches(cifar10):
   batch = next(input_pipeline.train_iterator(splits, config, 0))
   assert batch['labeled_image'].shape == (16, 32, 32, 3) and batch['unlabeled_strong'].shape == (32, 32, 32, 3)
   val = splits.val_idx
-  batches = list(input_pipeline.eval_batches(splits.train_images[val], splits.train_labels[val], 256, 32))
+  batches = list(input_pipeline.eval_batches(splits.source.images[val], splits.train_labels[val], 256, 32))
   assert len(batches) == 2 and sum(b['mask'].sum() for b in batches) == 500
