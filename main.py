@@ -101,17 +101,18 @@ def main(argv):
       runtime.enable_compilation_cache(config, workdir)  # Before anything compiles.
       if jax.process_index() == 0:
         print('\n'.join(runtime.describe(config)), flush=True)
-    from ssmae_jax import train  # Only now: its modules create arrays, which starts JAX on this process alone.
+    # Only now: their modules create arrays, which starts JAX on this process alone.
+    from ssmae_jax import inference, train
     if mode == 'train':
       train.train_and_evaluate(config, workdir)
     elif mode == 'eval':
-      train.evaluate(config, workdir, flags.FLAGS.checkpoint)
+      inference.evaluate(config, workdir, flags.FLAGS.checkpoint)
     elif mode == 'reconstruct':
-      train.reconstruct(config, workdir)
+      inference.reconstruct(config, workdir)
     elif mode == 'predict':
-      train.predict_pool(config, workdir)
+      inference.predict_pool(config, workdir)
     else:
-      train.plots(workdir)
+      inference.plots(workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -3,7 +3,7 @@
   TFDS_DATA_DIR=../shared/tfds PYTHONPATH=. .venv/bin/python -m benchmarks.epoch [--json]
       [--config configs/bench_vit_t4.py] [--steps N] [--warmup W] [--no-hugepage-malloc]
 
-Runs `ssmae_jax.train.Run(config, tmpdir).train(stop_at_step=N)` in a temporary workdir, the trainer's loop
+Runs `train.train_and_evaluate(config, tmpdir, preemption=train.StopAtStep(N))` in a temporary workdir, the loop
 unchanged (tf.data stream, prefetch to device, the jitted step, on-device metrics, checkpoint at the stop), without
 test evaluations and periodic checkpoints. The trainer syncs with the device only when it logs, so it logs every W
 steps and the times of those syncs give the steady state, `ms_per_step` over steps W..N. The wall from the
@@ -36,33 +36,38 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks import train_step as step_bench  # noqa: E402
-from ssmae_jax import train  # noqa: E402
+from ssmae_jax import experiment, reporting, train  # noqa: E402
 
 IMPORTED = time.perf_counter()
 
 
-class TimedRun(train.Run):
-  """The trainer, noting when each logging flush (a host sync) ended and how long each evaluation took."""
+class TimedReporter(reporting.Reporter):
+  """The run's reporter, noting when each logging window (a host sync) ended; quiet if asked."""
 
-  def __init__(self, *args, quiet: bool = False, **kwargs):
+  def __init__(self, exp, quiet: bool = False):
+    super().__init__(exp)
     self.quiet = quiet
-    self.flushes, self.evaluations = [], []
-    super().__init__(*args, **kwargs)
+    self.flushes = []
 
-  def _flush(self, window, done, meta, writer):
-    had_steps = window.steps > 0
-    super()._flush(window, done, meta, writer)
-    if had_steps:
-      self.flushes.append((done, time.perf_counter()))
+  def window(self, done, means, learning_rate):
+    super().window(done, means, learning_rate)
+    self.flushes.append((done, time.perf_counter()))
 
-  def _epoch_boundary(self, epoch, *args, **kwargs):
-    start = time.perf_counter()
-    super()._epoch_boundary(epoch, *args, **kwargs)
-    self.evaluations.append((start, time.perf_counter()))
-
-  def _print(self, line):
+  def print(self, line):
     if not self.quiet:
-      super()._print(line)
+      super().print(line)
+
+
+def timed_evaluations(evaluations: list):
+  """train.evaluate_epoch, appending (start, end) of each call to `evaluations`."""
+  evaluate_epoch = train.evaluate_epoch
+
+  def timed(*args, **kwargs):
+    start = time.perf_counter()
+    out = evaluate_epoch(*args, **kwargs)
+    evaluations.append((start, time.perf_counter()))
+    return out
+  return timed
 
 
 def benchmark_config(config, num_steps: int, warmup: int):
@@ -83,17 +88,24 @@ def run(config, num_steps: int, warmup: int = 10, quiet: bool = False) -> dict:
   config = benchmark_config(config, num_steps, warmup)
   with tempfile.TemporaryDirectory(prefix='ssmae_epoch_bench_') as workdir:
     start = time.perf_counter()
-    trainer = TimedRun(config, workdir, quiet=quiet)
+    exp = experiment.build(config, workdir)
+    reporter = TimedReporter(exp, quiet=quiet)
     init_s = time.perf_counter() - start
-    trainer.train(stop_at_step=num_steps)
+    evaluations, evaluate_epoch = [], train.evaluate_epoch
+    train.evaluate_epoch = timed_evaluations(evaluations)  # The loop looks it up at each epoch start.
+    try:
+      train.train_and_evaluate(config, workdir, experiment=exp, reporter=reporter,
+                               preemption=train.StopAtStep(num_steps))
+    finally:
+      train.evaluate_epoch = evaluate_epoch
     end = time.perf_counter()
-  flushes = dict(trainer.flushes)
+  flushes = dict(reporter.flushes)
   if warmup not in flushes or num_steps not in flushes:
     raise RuntimeError(f'The trainer synced at steps {sorted(flushes)}, not at {warmup} and {num_steps}.')
   steady_start, steady_end = flushes[warmup], flushes[num_steps]
-  eval_s = sum(e - s for s, e in trainer.evaluations)
+  eval_s = sum(e - s for s, e in evaluations)
   # An epoch boundary inside the steady window (a long --steps) is evaluation, not step time.
-  steady_eval_s = sum(e - s for s, e in trainer.evaluations if s >= steady_start)
+  steady_eval_s = sum(e - s for s, e in evaluations if s >= steady_start)
   step_s = (steady_end - steady_start - steady_eval_s) / (num_steps - warmup)
   total_s = end - START
   shutdown_s = end - steady_end
@@ -107,8 +119,8 @@ def run(config, num_steps: int, warmup: int = 10, quiet: bool = False) -> dict:
       shutdown_s=round(shutdown_s, 2),
       import_s=round(IMPORTED - START, 2),
       init_s=round(init_s, 2),
-      steps_per_epoch=trainer.steps_per_epoch,
-      epoch_s=round(trainer.steps_per_epoch * step_s, 1),
+      steps_per_epoch=exp.steps_per_epoch,
+      epoch_s=round(exp.steps_per_epoch * step_s, 1),
       steps=num_steps,
       warmup_steps=warmup,
       method=config.method,

@@ -73,17 +73,27 @@ class Checkpoints:
       if newer > step:
         self.best.delete(newer)
 
-  def restore_params(self, which: str, state_like):
-    """(params, step) of the 'best' checkpoint (falling back to the latest) or the 'latest'; None if none."""
+  def restore_params(self, which: str, params_like):
+    """(params, step) of the 'best' checkpoint (falling back to the latest) or the 'latest'; None if none.
+
+    Only the parameters are read, placed and shaped like `params_like` (arrays or jax.ShapeDtypeStruct with a
+    sharding): the rest of the state (its pseudo-label memory's size) need not be known.
+    """
     step = self.best.latest_step()
     if which == 'best' and step is not None:
       restored = self.best.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(_abstract(state_like.params))))
+          params=ocp.args.StandardRestore(_abstract(params_like))))
       return restored.params, step
-    latest = self.restore_latest(state_like)
-    if latest is None:
-      return None
-    return latest[0].params, int(latest[0].step)
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        state = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+      except Exception as e:  # Orbax raises many types for unreadable files.
+        if jax.process_index() == 0:
+          print(f'Checkpoint at step {step} in {self.latest.directory} is unreadable ({type(e).__name__}); '
+                'falling back to an earlier one.', flush=True)
+        continue
+      return _place_like(state['params'], params_like, f'The checkpoint at step {step} in {self.latest.directory}'), step
+    return None
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -117,11 +127,13 @@ def load_pretrained(path: str, fresh_params: dict) -> dict:
   manager.close()
   params = dict(fresh_params)
   for part in ('encoder', 'decoder'):
-    want = jax.tree.map(lambda x: x.shape, fresh_params[part])
-    got = jax.tree.map(lambda x: x.shape, source.get(part, {}))
-    if want != got:
-      raise UserError(f'config.init_from={path}: its {part} has another shape than this config\'s model '
-                      '(compare config.model and config.image_size with the source run\'s config.json).')
-    params[part] = jax.tree.map(lambda fresh, loaded: jax.device_put(loaded, fresh.sharding).astype(fresh.dtype),
-                                fresh_params[part], source[part])
+    params[part] = _place_like(source.get(part, {}), fresh_params[part], f'config.init_from={path}: its {part}')
   return params
+
+
+def _place_like(loaded, like, what: str):
+  """`loaded` (host arrays) with the sharding and dtype of `like`; a tree of other shapes is a UserError."""
+  if jax.tree.map(lambda x: x.shape, loaded) != jax.tree.map(lambda x: x.shape, like):
+    raise UserError(f'{what} has another shape than this config\'s model (compare config.model and '
+                    'config.image_size with the source run\'s config.json).')
+  return jax.tree.map(lambda fresh, x: jax.device_put(x, fresh.sharding).astype(fresh.dtype), like, loaded)

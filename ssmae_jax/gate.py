@@ -1,9 +1,8 @@
-"""The validation gate, the pseudo-label selection rule and the sticky memory (DESIGN.md §1), in pure jnp."""
-
-import functools
+"""The validation gate, the pseudo-label selection rule and the sticky memory (DESIGN.md §1): pure functions."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GATE_MODES = ('dynamic', 'always_open', 'never')
 
@@ -30,14 +29,15 @@ def gate_open_for_epoch(mode: str, epoch: int, warmup_epochs: int, hca: float, t
   return epoch >= warmup_epochs and hca >= threshold
 
 
-def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, gate_open: jax.Array, *,
-           tau: float, require_agreement: bool = True, sticky: bool = True):
-  """Which unlabeled examples of the batch train the classifier, and with which target.
+def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, *, tau: float,
+           require_agreement: bool = True, sticky: bool = True):
+  """Which unlabeled examples of the batch train the classifier, and with which target, in a gate-open step.
+
+  (While the gate is closed no prediction is selected; the train step then uses the memory alone, or nothing.)
 
   Args:
     probs_weak, probs_strong: [U, C] softmax of the weak and strong views (treated as constants).
     memory: int32 [U], the stored pseudo-label of each example, -1 for none.
-    gate_open: bool scalar.
   Returns:
     targets: int32 [U], the class each used example is trained towards.
     used: bool [U].
@@ -47,11 +47,10 @@ def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, ga
   confident = (jnp.max(probs_weak, axis=-1) > tau) & (jnp.max(probs_strong, axis=-1) > tau)
   if require_agreement:
     confident &= pred == jnp.argmax(probs_strong, axis=-1)
-  selected = confident & gate_open
   if not sticky:
-    return pred, selected, selected & (memory < 0)
+    return pred, confident, confident & (memory < 0)
   remembered = memory >= 0
-  new = selected & ~remembered
+  new = confident & ~remembered
   return jnp.where(remembered, memory, pred), remembered | new, new
 
 
@@ -65,7 +64,12 @@ def update_memory(memory: jax.Array, indices: jax.Array, targets: jax.Array, new
   return memory.at[indices].max(jnp.where(writable, targets, -1))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def memory_class_counts(memory: jax.Array, num_classes: int) -> jax.Array:
-  """How many pseudo-labels the memory holds for each class."""
-  return jnp.bincount(jnp.where(memory >= 0, memory, num_classes), length=num_classes + 1)[:num_classes]
+def memory_summary(memory: np.ndarray, hidden_labels: np.ndarray, num_classes: int) -> dict:
+  """What the pseudo-label memory holds, on the host: total, precision against the hidden labels (None where none
+  is known: folder files), and the count per class."""
+  assigned = memory >= 0
+  known = assigned & (hidden_labels >= 0)
+  num_known = int(np.sum(known))
+  return dict(total=int(np.sum(assigned)),
+              precision=(int(np.sum(known & (memory == hidden_labels))) / num_known if num_known else None),
+              per_class=np.bincount(memory[assigned], minlength=num_classes).astype(int).tolist())

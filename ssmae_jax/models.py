@@ -208,8 +208,8 @@ def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
 
 
 def from_config(config, num_classes: int) -> SSMAE:
-  """The model of config.model; its parameters are float32 whatever the compute dtype."""
-  m = config.model
-  return SSMAE(num_classes=num_classes, image_size=config.image_size, patch_size=m.patch_size, width=m.width,
-               depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, decoder_width=m.decoder_width,
-               decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads, dtype=compute_dtype(m.dtype))
+  """The model of config.model (every field but dtype is an SSMAE field of the same name); its parameters are
+  float32 whatever the compute dtype."""
+  fields = dict(config.model)
+  dtype = compute_dtype(fields.pop('dtype'))
+  return SSMAE(num_classes=num_classes, image_size=config.image_size, dtype=dtype, **fields)

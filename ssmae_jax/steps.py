@@ -28,7 +28,7 @@ def normalize(images: jax.Array) -> jax.Array:
 def prepare_images(images: jax.Array, image_size: int) -> jax.Array:
   """uint8 [B, S0, S0, 3] from the pipeline -> float32 [B, image_size, image_size, 3], normalised.
 
-  The pipeline ships images at their stored size when config.resize_on_device (input_pipeline.shipped_size), so
+  The pipeline ships images at their stored size when config.resize_on_device (data_sources.shipped_size), so
   the model's input size is reached here: a bilinear resize, which jax.image.resize computes as two small matmuls
   (one per spatial axis), work accelerators do well and negligible next to the model's. Normalising first touches
   S0² pixels instead of image_size²; the two orders agree up to float rounding (bilinear weights sum to 1). At
@@ -105,7 +105,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
       def loss_fn(params):
         logits = classify(params, jnp.concatenate([x_l, x_w]))
         probs_w = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
-        targets, used, new = gate.select(probs_w, probs_s, memory, True, tau=tau,
+        targets, used, new = gate.select(probs_w, probs_s, memory, tau=tau,
                                          require_agreement=require_agreement, sticky=sticky)
         ce_u = losses.cross_entropy(logits[num_l:], targets)
         return cls_loss(logits[:num_l], ce_u, used), (logits[:num_l], used, new, targets)
@@ -212,11 +212,3 @@ def accumulate(total: dict, metrics: dict) -> dict:
 def start_sums(metrics: dict) -> dict:
   """The running sums of `accumulate` after one step."""
   return dict(metrics, finite_steps=1.0 - metrics['nonfinite'])
-
-
-@jax.jit
-def memory_stats(pseudo_labels: jax.Array, hidden_labels: jax.Array):
-  """(#assigned, #assigned whose hidden label agrees, #assigned with a known hidden label)."""
-  assigned = pseudo_labels >= 0
-  known = assigned & (hidden_labels >= 0)
-  return jnp.sum(assigned), jnp.sum(known & (pseudo_labels == hidden_labels)), jnp.sum(known)

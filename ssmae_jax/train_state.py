@@ -13,7 +13,6 @@ class TrainState:
   opt_state: optax.OptState
   pseudo_labels: jax.Array  # int32 [pool size], -1 = none
   gate_open: jax.Array  # bool scalar, for the current epoch
-  last_hca: jax.Array  # float32 scalar, the validation HCA that decided the gate
 
 
 def create(params, tx: optax.GradientTransformation, pool_size: int) -> TrainState:
@@ -23,5 +22,4 @@ def create(params, tx: optax.GradientTransformation, pool_size: int) -> TrainSta
       opt_state=tx.init(params),
       pseudo_labels=jnp.full((pool_size,), -1, jnp.int32),
       gate_open=jnp.zeros((), bool),
-      last_hca=jnp.zeros((), jnp.float32),
   )

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 from configs import folder
-from ssmae_jax import configuration, data_record, data_sources, folder_data, input_pipeline, predict, train
+from ssmae_jax import configuration, data_record, data_sources, experiment, folder_data, inference, input_pipeline
+from ssmae_jax import predict, train
 from ssmae_jax.errors import UserError
 from test_input_pipeline import fake_tfds  # noqa: F401  (a fixture: synthetic TFDS data)
 
@@ -101,13 +102,15 @@ def folder_run(dirs, tmp_path_factory):
   """A run stopped at step 5 and resumed to its end at step 10 after its folders moved (same files, new place):
   (finished Run, workdir, results, memory at 5, memory restored by the resumed run)."""
   workdir, root = str(tmp_path_factory.mktemp('run')), tmp_path_factory.mktemp('data')
-  first = train.Run(folder_config(_copy_folders(dirs, str(root / 'before'))), workdir)
-  assert first.train(stop_at_step=5) is None
+  before = folder_config(_copy_folders(dirs, str(root / 'before')))
+  first = experiment.build(before, workdir)
+  assert train.train_and_evaluate(before, workdir, experiment=first, preemption=train.StopAtStep(5)) is None
   at_stop = np.asarray(first.state.pseudo_labels)
   (root / 'before').rename(root / 'after')
-  run = train.Run(folder_config({name: str(root / 'after' / name) for name in dirs}), workdir)
+  after = folder_config({name: str(root / 'after' / name) for name in dirs})
+  run = experiment.build(after, workdir)
   restored, _ = run.checkpoints.restore_latest(run.state)
-  results = run.train()
+  results = train.train_and_evaluate(after, workdir, experiment=run)
   return run, workdir, results, at_stop, np.asarray(restored.pseudo_labels)
 
 
@@ -266,7 +269,7 @@ def test_predict_mode_rewrites_the_same_csv(folder_run):
   path = os.path.join(workdir, 'pseudo_labels.csv')
   before = _read_csv(path)
   os.remove(path)
-  assert train.predict_pool(run.config, workdir) == path
+  assert inference.predict_pool(run.config, workdir) == path
   assert _read_csv(path) == before
 
 
@@ -305,7 +308,7 @@ def test_eval_without_a_test_folder_asks_for_test_dir(folder_run, dirs):
   _, workdir, *_ = folder_run
   with pytest.raises(UserError, match=r'config\.test_dir is not set.*--config\.test_dir=.*one sub-folder of images '
                                       'per class'):
-    train.evaluate(folder_config(dirs), workdir)
+    inference.evaluate(folder_config(dirs), workdir)
 
 
 # Folders changed between a stop and a resume (moved ones: folder_run).
@@ -313,7 +316,7 @@ def test_eval_without_a_test_folder_asks_for_test_dir(folder_run, dirs):
 def test_resume_on_changed_folders_is_refused_before_building_anything(dirs, tmp_path, monkeypatch):
   data = _copy_folders(dirs, str(tmp_path / 'data'))
   workdir = str(tmp_path / 'run')
-  first = train.Run(folder_config(data, num_steps=4), workdir)
+  first = experiment.build(folder_config(data, num_steps=4), workdir)
   first.checkpoints.save(first.state, {})  # What a stopped run leaves (at step 0 here: no step to compile).
   first.checkpoints.wait()
   first.checkpoints.close()
@@ -325,9 +328,9 @@ def test_resume_on_changed_folders_is_refused_before_building_anything(dirs, tmp
   def refused(match):
     # The check comes before the model is built: building it here would fail the test with another error.
     with monkeypatch.context() as m:
-      m.setattr(train, 'init_state', lambda *a: pytest.fail('built the model before checking the data'))
+      m.setattr(experiment, 'init_state', lambda *a: pytest.fail('built the model before checking the data'))
       with pytest.raises(UserError, match=match) as e:
-        train.Run(folder_config(data, num_steps=4), workdir)
+        experiment.build(folder_config(data, num_steps=4), workdir)
     assert 'shape' not in str(e.value)
     return str(e.value)
 
@@ -343,7 +346,7 @@ def test_resume_on_changed_folders_is_refused_before_building_anything(dirs, tmp
                     r'removed \(e\.g\. u001\.PNG\)')
   assert 'labeled_dir' not in message.replace('unlabeled_dir', '')
   with pytest.raises(UserError, match='1 removed'):
-    train.predict_pool(folder_config(data, num_steps=4), workdir)  # Would write the wrong labels to the CSV.
+    inference.predict_pool(folder_config(data, num_steps=4), workdir)  # Would write the wrong labels to the CSV.
   (unlabeled / 'deep' / 'new.png').unlink()
   (tmp_path / 'u001.PNG').rename(unlabeled / 'u001.PNG')
   # A labeled file moved to another class folder: its label changed.
@@ -354,7 +357,7 @@ def test_resume_on_changed_folders_is_refused_before_building_anything(dirs, tmp
   # Restored as they were: the refusals recorded nothing, and the run resumes.
   with open(os.path.join(workdir, data_record.FILE_NAME)) as f:
     assert json.load(f) == record
-  run = train.Run(folder_config(data, num_steps=4), workdir)
+  run = experiment.build(folder_config(data, num_steps=4), workdir)
   assert run.checkpoints.restore_latest(run.state) is not None
   run.checkpoints.close()
 
@@ -453,7 +456,7 @@ def test_corrupt_image_is_named_or_skipped(dirs, tmp_path, caplog):
 
 def test_image_size_not_divisible_by_patch_size(dirs, tmp_path):
   with pytest.raises(UserError, match='divisible'):
-    train.Run(folder_config(dirs, image_size=30), str(tmp_path))
+    experiment.build(folder_config(dirs, image_size=30), str(tmp_path))
 
 
 def test_main_prints_bad_folder_data_in_one_line(dirs, tmp_path):

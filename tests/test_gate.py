@@ -147,9 +147,8 @@ STRONG = _probs(
 NO_MEMORY = jnp.full((6,), -1, jnp.int32)
 
 
-def _select(memory=NO_MEMORY, gate_open=True, weak=WEAK, strong=STRONG, **kw):
-  targets, used, new = gate.select(weak, strong, jnp.asarray(memory, jnp.int32), jnp.asarray(gate_open), tau=TAU,
-                                   **kw)
+def _select(memory=NO_MEMORY, weak=WEAK, strong=STRONG, **kw):
+  targets, used, new = gate.select(weak, strong, jnp.asarray(memory, jnp.int32), tau=TAU, **kw)
   return np.asarray(targets), np.asarray(used), np.asarray(new)
 
 
@@ -161,7 +160,7 @@ def test_select_needs_both_views_confident_and_agreeing():
 
 
 def test_select_output_dtypes():
-  targets, used, new = gate.select(WEAK, STRONG, NO_MEMORY, jnp.asarray(True), tau=TAU)
+  targets, used, new = gate.select(WEAK, STRONG, NO_MEMORY, tau=TAU)
   assert targets.dtype == jnp.int32
   assert used.dtype == jnp.bool_ and new.dtype == jnp.bool_
   assert targets.shape == used.shape == new.shape == (6,)
@@ -181,23 +180,9 @@ def test_select_tau_is_strict_on_both_views():
   np.testing.assert_array_equal(used, [False, False])
 
 
-def test_select_assigns_nothing_new_while_gate_closed():
-  targets, used, new = _select(gate_open=False)
-  assert not used.any()
-  assert not new.any()
-
-
-def test_sticky_memory_is_used_even_with_gate_closed_and_targets_the_memory():
-  memory = jnp.array([2, -1, 1, -1, 0, -1])  # case 0 predicts class 0 confidently but remembers 2
-  targets, used, new = _select(memory=memory, gate_open=False)
-  np.testing.assert_array_equal(used, [True, False, True, False, True, False])
-  assert not new.any()
-  assert targets[0] == 2 and targets[2] == 1 and targets[4] == 0
-
-
 def test_sticky_memory_wins_over_new_prediction_with_gate_open():
-  memory = jnp.array([2, -1, 1, -1, 0, -1])
-  targets, used, new = _select(memory=memory, gate_open=True)
+  memory = jnp.array([2, -1, 1, -1, 0, -1])  # case 0 predicts class 0 confidently but remembers 2
+  targets, used, new = _select(memory=memory)
   np.testing.assert_array_equal(used, [True, False, True, False, True, False])
   np.testing.assert_array_equal(targets[[0, 2, 4]], [2, 1, 0])
   # Remembered examples are never "new", even when confidently predicted again (cases 0 and 4).
@@ -214,26 +199,18 @@ def test_remembered_examples_are_never_new_in_either_mode():
 
 def test_non_sticky_mode_reselects_every_step():
   memory = jnp.array([2, -1, 1, -1, 0, -1])
-  targets, used, new = _select(memory=memory, gate_open=True, sticky=False)
+  targets, used, new = _select(memory=memory, sticky=False)
   # Only the confident, agreeing ones this step, towards this step's prediction; the memory is ignored.
   np.testing.assert_array_equal(used, [True, False, False, False, True, False])
   assert targets[0] == 0 and targets[4] == 2
   np.testing.assert_array_equal(new, [False] * 6)
-  # With the gate closed nothing is used at all, remembered or not.
-  _, used, _ = _select(memory=memory, gate_open=False, sticky=False)
-  assert not used.any()
 
 
-def test_select_under_jit_with_traced_gate():
+def test_select_under_jit():
   fn = jax.jit(functools.partial(gate.select, tau=TAU))
   memory = jnp.array([-1, -1, 1, -1, -1, -1], jnp.int32)
-  for gate_open in (True, False):
-    got = fn(WEAK, STRONG, memory, jnp.asarray(gate_open))
-    want = gate.select(WEAK, STRONG, memory, jnp.asarray(gate_open), tau=TAU)
-    for g, w in zip(got, want):
-      np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-  _, used, _ = fn(WEAK, STRONG, memory, jnp.asarray(False))
-  np.testing.assert_array_equal(np.asarray(used), [False, False, True, False, False, False])
+  for g, w in zip(fn(WEAK, STRONG, memory), gate.select(WEAK, STRONG, memory, tau=TAU)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
 # --- update_memory ---------------------------------------------------------------------------------------------------
@@ -273,8 +250,7 @@ def test_select_then_update_never_overwrites_over_many_steps():
     cls = rng.integers(0, c, size=u)
     probs = np.full((u, c), 0.01, np.float32)
     probs[np.arange(u), cls] = 0.98
-    targets, used, new = gate.select(jnp.asarray(probs), jnp.asarray(probs), memory[idx], jnp.asarray(True),
-                                     tau=TAU)
+    targets, used, new = gate.select(jnp.asarray(probs), jnp.asarray(probs), memory[idx], tau=TAU)
     memory = gate.update_memory(memory, jnp.asarray(idx), targets, new)
     for i, label in enumerate(np.asarray(memory)):
       if label >= 0:
@@ -305,10 +281,14 @@ def test_update_memory_under_jit():
   np.testing.assert_array_equal(np.asarray(jax.jit(gate.update_memory)(memory, *args)), [1, 2, -1, -1])
 
 
-def test_memory_class_counts_ignores_unassigned():
-  memory = jnp.array([-1, 0, 2, 2, -1, 1, 2], jnp.int32)
-  np.testing.assert_array_equal(np.asarray(gate.memory_class_counts(memory, 4)), [1, 1, 3, 0])
-  np.testing.assert_array_equal(np.asarray(gate.memory_class_counts(jnp.full((5,), -1, jnp.int32), 3)), [0, 0, 0])
+def test_memory_summary_counts_assigned_labels_and_their_precision():
+  memory = np.array([-1, 0, 2, 2, -1, 1, 2], np.int32)
+  hidden = np.array([0, 0, 2, 1, 3, -1, 2], np.int32)  # -1: an unlabeled-folder file, no known label.
+  summary = gate.memory_summary(memory, hidden, 4)
+  assert summary['total'] == 5 and summary['per_class'] == [1, 1, 3, 0]
+  assert summary['precision'] == 3 / 4  # Of the 4 assigned with a known label, 3 agree.
+  empty = gate.memory_summary(np.full(5, -1, np.int32), np.zeros(5, np.int32), 3)
+  assert empty == dict(total=0, precision=None, per_class=[0, 0, 0])
 
 
 # --- train_state.create ----------------------------------------------------------------------------------------------
@@ -322,7 +302,6 @@ def test_create_initial_state():
   assert state.pseudo_labels.shape == (11,) and state.pseudo_labels.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(state.pseudo_labels), -1)
   assert state.gate_open.shape == () and state.gate_open.dtype == jnp.bool_ and not bool(state.gate_open)
-  assert state.last_hca.shape == () and float(state.last_hca) == 0.0
   assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(params))
   jax.tree.map(np.testing.assert_array_equal, state.params, params)
 

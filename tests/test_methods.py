@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from ssmae_jax import input_pipeline, train
+from ssmae_jax import experiment, input_pipeline, train
 from ssmae_jax.errors import UserError
 
 from conftest import needs_cifar10
@@ -62,16 +62,16 @@ def test_supervised_never_reads_the_unlabeled_stream(tmp_path, batches_seen):
 
 def test_mae_pretrain_never_reads_labels_then_finetune_loads_its_encoder(tmp_path, batches_seen):
   pretrain_dir, finetune_dir = str(tmp_path / 'mae'), str(tmp_path / 'ft')
-  pretrain = train.Run(config_for('mae_pretrain'), pretrain_dir)
-  pretrain.train()
+  pretrain = experiment.build(config_for('mae_pretrain'), pretrain_dir)
+  train.train_and_evaluate(pretrain.config, pretrain_dir, experiment=pretrain)
   assert batches_seen['kwargs'][0]['need_labeled'] is False
   assert not any(k.startswith('labeled_') for k in batches_seen['keys'])
   results = results_of(pretrain_dir)
   assert results['method'] == 'mae_pretrain' and results['test_accuracy'] is None
   assert results['history'][-1]['train_rec_loss'] > 0
 
-  finetune = train.Run(config_for('finetune', init_from=pretrain_dir), finetune_dir)
-  fresh = train.Run(config_for('supervised'), str(tmp_path / 'fresh'))
+  finetune = experiment.build(config_for('finetune', init_from=pretrain_dir), finetune_dir)
+  fresh = experiment.build(config_for('supervised'), str(tmp_path / 'fresh'))
   for part in ('encoder', 'decoder'):
     for a, b in zip(jax.tree.leaves(finetune.state.params[part]), jax.tree.leaves(pretrain.state.params[part])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -79,16 +79,16 @@ def test_mae_pretrain_never_reads_labels_then_finetune_loads_its_encoder(tmp_pat
   assert not np.allclose(np.asarray(finetune.state.params['encoder']['pos_embed']),
                          np.asarray(fresh.state.params['encoder']['pos_embed']))
   loaded_val = finetune.evaluate(finetune.state.params, 'val')
-  assert loaded_val['count'] == len(finetune.splits.val_idx)
-  finetune.train()
+  assert loaded_val.count == len(finetune.splits.val_idx)
+  train.train_and_evaluate(finetune.config, finetune_dir, experiment=finetune)
   assert results_of(finetune_dir)['method'] == 'finetune'
 
 
 def test_finetune_errors(tmp_path):
   with pytest.raises(UserError, match='needs config.init_from'):
-    train.Run(config_for('finetune'), str(tmp_path / 'a'))
+    experiment.build(config_for('finetune'), str(tmp_path / 'a'))
   with pytest.raises(UserError, match='holds no checkpoint'):
-    train.Run(config_for('finetune', init_from=str(tmp_path / 'nowhere')), str(tmp_path / 'b'))
+    experiment.build(config_for('finetune', init_from=str(tmp_path / 'nowhere')), str(tmp_path / 'b'))
 
 
 def test_init_from_a_model_of_another_shape_is_refused(tmp_path):
@@ -97,7 +97,7 @@ def test_init_from_a_model_of_another_shape_is_refused(tmp_path):
   other = config_for('finetune', init_from=source)
   other.model.width = 48
   with pytest.raises(UserError, match='another shape'):
-    train.Run(other, str(tmp_path / 'dst'))
+    experiment.build(other, str(tmp_path / 'dst'))
 
 
 def test_gate_never_assigns_no_pseudo_label(tmp_path):
@@ -117,10 +117,9 @@ def test_gate_always_open_assigns_from_step_zero(tmp_path):
 
 def test_require_agreement_drops_examples_whose_views_disagree(tmp_path):
   # tau = 0 makes every example of an open gate confident; only the weak/strong agreement test can drop one.
-  free = train.Run(config_for('ssmae', gate='always_open', tau=0.0, require_agreement=False, num_steps=2),
-                   str(tmp_path / 'free'))
-  free.train()
-  seen = 2 * free.config.unlabeled_batch_size  # Two steps of distinct pool indices (one epoch is far longer).
+  free = config_for('ssmae', gate='always_open', tau=0.0, require_agreement=False, num_steps=2)
+  train.train_and_evaluate(free, str(tmp_path / 'free'))
+  seen = 2 * free.unlabeled_batch_size  # Two steps of distinct pool indices (one epoch is far longer).
   assert results_of(tmp_path / 'free')['pseudo_labels_total'] == seen
   agree = train.train_and_evaluate(config_for('ssmae', gate='always_open', tau=0.0, num_steps=2),
                                    str(tmp_path / 'agree'))
@@ -135,10 +134,11 @@ def test_tau_of_one_assigns_nothing_even_with_the_gate_open(tmp_path):
 def _remembering_run(tmp_path, sticky):
   """A run whose memory already holds a pseudo-label for every pool example, with a gate that stays closed."""
   config = config_for('ssmae', sticky=sticky, warmup_epochs=100, num_steps=2, log_every_steps=2)
-  run = train.Run(config, str(tmp_path / f'sticky_{sticky}'))
+  workdir = str(tmp_path / f'sticky_{sticky}')
+  run = experiment.build(config, workdir)
   hidden = run.splits.train_labels[run.splits.unlabeled_idx].astype(np.int32)
   run.state = run.state.replace(pseudo_labels=jax.device_put(hidden, run.state.pseudo_labels.sharding))
-  return run.train()
+  return train.train_and_evaluate(config, workdir, experiment=run)
 
 
 def test_sticky_memory_trains_on_remembered_labels_while_the_gate_is_closed(tmp_path):

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import needs_cifar10
 from configs import smoke
-from ssmae_jax import sharding, train
+from ssmae_jax import experiment, sharding
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -352,7 +352,7 @@ def test_nonfinite_step_stops_keeping_the_last_good_checkpoint_then_skip_policy_
 ])
 def test_bad_config_is_one_line_before_loading_anything(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message) as e:
-    train.Run(tiny_config(**overrides), str(tmp_path / 'run'))
+    experiment.build(tiny_config(**overrides), str(tmp_path / 'run'))
   assert '\n' not in str(e.value)
   assert not os.path.exists(tmp_path / 'run')
 

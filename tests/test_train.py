@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from ssmae_jax import train
+from ssmae_jax import checkpointing, experiment, inference, reporting, train
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,9 +72,9 @@ def test_smoke_writes_results(smoke_run):
 @needs_cifar10
 def test_eval_mode_evaluates_best_checkpoint(smoke_run):
   config, workdir, results = smoke_run
-  out = train.evaluate(config, workdir, 'best')
+  out = inference.evaluate(config, workdir, 'best')
   assert out['test_accuracy'] == pytest.approx(results['test_accuracy_at_best_val'])
-  latest = train.evaluate(config, workdir, 'latest')
+  latest = inference.evaluate(config, workdir, 'latest')
   assert latest['step'] == 20
   assert latest['test_accuracy'] == pytest.approx(results['test_accuracy'])
 
@@ -82,17 +82,24 @@ def test_eval_mode_evaluates_best_checkpoint(smoke_run):
 @needs_cifar10
 def test_resume_matches_uninterrupted(tmp_path):
   config = tiny_config()
-  full = train.Run(config, str(tmp_path / 'full'))
-  full_results = full.train()
+  full_results = train.train_and_evaluate(config, str(tmp_path / 'full'))
 
-  assert train.Run(config, str(tmp_path / 'split')).train(stop_at_step=6) is None
-  resumed = train.Run(config, str(tmp_path / 'split'))
+  assert train.train_and_evaluate(config, str(tmp_path / 'split'), preemption=train.StopAtStep(6)) is None
+  resumed = experiment.build(config, str(tmp_path / 'split'))
   assert int(resumed.checkpoints.latest.latest_step()) == 6
-  resumed_results = resumed.train()
+  resumed_results = train.train_and_evaluate(config, str(tmp_path / 'split'), experiment=resumed)
 
-  for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+  def final_state(name):
+    checkpoints = checkpointing.Checkpoints(str(tmp_path / name), 3)
+    state, _ = checkpoints.restore_latest(resumed.state)
+    checkpoints.close()
+    return state
+
+  full_state, resumed_state = final_state('full'), final_state('split')
+  assert int(full_state.step) == config.num_steps
+  for a, b in zip(jax.tree.leaves(full_state), jax.tree.leaves(resumed_state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert int(np.sum(np.asarray(resumed.state.pseudo_labels) >= 0)) > 0
+  assert int(np.sum(np.asarray(resumed_state.pseudo_labels) >= 0)) > 0
   drop = ('wall_seconds', 'config', 'history')
   assert {k: v for k, v in full_results.items() if k not in drop} == \
       {k: v for k, v in resumed_results.items() if k not in drop}
@@ -111,9 +118,9 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   other = tiny_config(num_steps=4, mask_ratio=0.5)
   with pytest.raises(UserError, match='mask_ratio'):
-    train.Run(other, str(tmp_path))
+    experiment.build(other, str(tmp_path))
   other.allow_config_change = True
-  train.Run(other, str(tmp_path))  # Allowed when asked for.
+  experiment.build(other, str(tmp_path))  # Allowed when asked for.
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -125,19 +132,19 @@ def test_workdir_of_another_config_is_refused(tmp_path):
 ])
 def test_bad_config_is_a_clear_error_before_loading(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
-    train.Run(tiny_config(**overrides), str(tmp_path))
+    experiment.build(tiny_config(**overrides), str(tmp_path))
 
 
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
   with pytest.raises(UserError, match='writable'):
-    train.Run(tiny_config(), str(blocker / 'sub'))
+    experiment.build(tiny_config(), str(blocker / 'sub'))
 
 
 def test_eval_without_checkpoints_is_clear(tmp_path):
   with pytest.raises(UserError, match='No checkpoints'):
-    train.evaluate(tiny_config(), str(tmp_path))
+    inference.evaluate(tiny_config(), str(tmp_path))
 
 
 @pytest.mark.parametrize('args, message', [
@@ -202,23 +209,23 @@ def test_figures_and_tensorboard_of_a_run(smoke_run):
     assert tag in tags, tag
   assert images == 2  # One grid per evaluation.
 
-  path = train.reconstruct(config, workdir)
+  path = inference.reconstruct(config, workdir)
   assert path.endswith('reconstruction_step_20.png') and os.path.exists(path)
-  assert len(train.plots(workdir)) == 5
+  assert len(inference.plots(workdir)) == 5
 
 
 def test_reconstruct_and_plots_on_an_empty_workdir_are_clear(tmp_path):
   with pytest.raises(UserError, match='No checkpoints'):
-    train.reconstruct(tiny_config(), str(tmp_path))
+    inference.reconstruct(tiny_config(), str(tmp_path))
   with pytest.raises(UserError, match='no history.json'):
-    train.plots(str(tmp_path))
+    inference.plots(str(tmp_path))
 
 
 def test_summary_table_has_a_row_per_evaluation():
   record = dict(epoch=0, train_labeled_accuracy=None, val_accuracy=0.5, val_hca=0.75, val_num_confident=4,
                 gate_open=True, test_accuracy=None, pseudo_labels_total=7, pseudo_labels_new=3,
                 pseudo_label_precision=0.5)
-  rows = train.summary_table([record, dict(record, epoch=1, gate_open=False)]).splitlines()
+  rows = reporting.summary_table([record, dict(record, epoch=1, gate_open=False)]).splitlines()
   assert len(rows) == 4
   assert rows[2] == '| 0 | n/a | 50.00% | 75.00% (4) | open | n/a | 7 (3) | 50.00% |'
   assert '| closed |' in rows[3]

@@ -1,0 +1,201 @@
+"""What a run tells its user: console lines, TensorBoard, history.json, results.json, figures and the summary table.
+
+The loop in train.py decides *when*; a `Reporter` decides *what is written where*. Only process 0 writes.
+"""
+
+import time
+
+from clu import metric_writers
+import jax
+import numpy as np
+
+from ssmae_jax import augment, configuration, fileio, runtime, visualize
+
+NUM_FIGURE_IMAGES = 8  # Validation images shown in every reconstruction grid (the same ones each time).
+
+
+def fmt_time(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def pct(x) -> str:
+  return 'n/a' if x is None else f'{100 * x:.2f}%'
+
+
+def summary_table(history: list[dict]) -> str:
+  """The run at a glance, one row per evaluation, for the end of the console output."""
+  rows = ['| epoch | train acc | val acc | HCA (n) | gate | test acc | pseudo-labels (new) | precision |',
+          '|---|---|---|---|---|---|---|---|']
+  for r in history:
+    rows.append(f'| {r["epoch"]} | {pct(r["train_labeled_accuracy"])} | {pct(r["val_accuracy"])} | '
+                f'{pct(r["val_hca"])} ({r["val_num_confident"]}) | {"open" if r["gate_open"] else "closed"} | '
+                f'{pct(r["test_accuracy"])} | {r["pseudo_labels_total"]} ({r["pseudo_labels_new"]}) | '
+                f'{pct(r["pseudo_label_precision"])} |')
+  return '\n'.join(rows)
+
+
+def figure_images(splits, image_size: int) -> np.ndarray:
+  """The fixed images of every reconstruction grid: the first validation ones (labeled ones without validation),
+  at the model's size, so the grid sets each original beside its reconstruction."""
+  shown = splits.val_idx if len(splits.val_idx) else splits.labeled_idx
+  return np.asarray(augment.resize(splits.eval_images(shown[:NUM_FIGURE_IMAGES], image_size), image_size))
+
+
+def reconstruction_figure(model, params, images: np.ndarray, config, path, is_main: bool) -> np.ndarray:
+  """original | masked | reconstruction | visible pasted back, for `images` -> the grid (a PNG at `path`)."""
+  pred, mask = visualize.reconstruct(model, params, images, mask_ratio=config.mask_ratio)
+  grid = visualize.reconstruction_grid(images, pred, mask, model.patch_size, norm_pix_loss=config.norm_pix_loss)
+  if is_main:
+    visualize.save_png(str(path), grid)
+  return grid
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, prefix + k + '.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+class Reporter:
+  """The outputs of one training run (an experiment.Experiment)."""
+
+  def __init__(self, exp):
+    self.exp, self.config, self.workdir = exp, exp.config, exp.workdir
+    self.is_main = jax.process_index() == 0
+    self.figures_dir = exp.workdir / 'figures'
+    self.figure_images = figure_images(exp.splits, exp.config.image_size)
+    # TensorBoard event files from process 0; the console gets our own lines, not the logging writer's.
+    self.writer = metric_writers.AsyncMultiWriter(
+        [metric_writers.SummaryWriter(str(exp.workdir))] if self.is_main and exp.config.tensorboard else [])
+
+  def print(self, line: str) -> None:
+    if self.is_main:
+      print(line, flush=True)
+
+  def start(self, start_step: int) -> None:
+    exp = self.exp
+    if start_step == 0:
+      cfg = _flatten(configuration.to_dict(self.config))
+      self.writer.write_hparams({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))})
+    else:
+      self.print(f'Resuming from step {start_step} in {self.workdir}.')
+    self.print(f'{exp.total_steps} steps ({exp.num_epochs} epochs of {exp.steps_per_epoch}), '
+               f'{len(exp.splits.labeled_idx)} labeled, {len(exp.splits.val_idx)} validation, '
+               f'{exp.pool_size} unlabeled, {jax.device_count()} devices.')
+
+  def first_step(self, seconds: float) -> None:
+    stats = runtime.cache_stats()
+    cache = ('compilation cache off' if stats is None else
+             f'{stats[0]} compiled function(s) loaded from the cache, {stats[1]} compiled and cached')
+    self.print(f'First step took {seconds:.1f} s including compilation ({cache}).')
+
+  def window(self, done: int, means: dict, learning_rate: float) -> None:
+    """A logging window's per-step means (and 'skipped_steps', 'steps_per_sec'), at step `done`."""
+    self.writer.write_scalars(done, {f'train/{k}': v for k, v in dict(means, learning_rate=learning_rate).items()})
+    total = self.exp.total_steps
+    skipped = means['skipped_steps']
+    eta = (total - done) / means['steps_per_sec']
+    self.print(f'step {done}/{total} | epoch {done / self.exp.steps_per_epoch:.2f} | '
+               f'loss {means["loss"]:.4f} (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f}) | '
+               f'train acc {100 * means["labeled_accuracy"]:.1f}% | unlabeled used/step '
+               f'{means["unlabeled_used"]:.1f} | {means["steps_per_sec"]:.2f} steps/s | ETA {fmt_time(eta)}'
+               + (f' | {skipped} non-finite steps skipped' if skipped else ''))
+
+  def epoch(self, record: dict, log, params, final: bool) -> None:
+    """An evaluation's record: TensorBoard, the reconstruction grid of `params`, history.json, one console line."""
+    step = record['step']
+    self.writer.write_scalars(step, {f'epoch/{k}': float(v) for k, v in record.items()
+                                     if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class')})
+    grid = reconstruction_figure(self.exp.model, params, self.figure_images, self.config,
+                                 self.figures_dir / f'reconstruction_epoch_{record["epoch"]:03d}.png', self.is_main)
+    self.writer.write_images(step, {'reconstruction': grid[None]})
+    self._write_history(log)
+    self.print(f'epoch {record["epoch"]}{" (final)" if final else ""} | val acc {pct(record["val_accuracy"])} | '
+               f'HCA {pct(record["val_hca"])} ({record["val_num_confident"]} confident) | '
+               f'gate {"open" if record["gate_open"] else "closed"} | test acc {pct(record["test_accuracy"])} | '
+               f'pseudo-labels {record["pseudo_labels_total"]} (+{record["pseudo_labels_new"]}, precision '
+               f'{pct(record["pseudo_label_precision"])})')
+
+  def profile(self, first: int, last: int, path: str) -> None:
+    self.print(f'Profiler trace of steps {first}-{last} in {path} (TensorBoard: Profile tab).')
+
+  def stopped(self, step: int, reason: str) -> None:
+    self.writer.flush()
+    self.print(f'{reason} at step {step}: checkpoint saved in {self.workdir}/checkpoints; run the same command to '
+               'resume.')
+
+  def finish(self, results: dict, log) -> None:
+    """The end of a run: curves, results.json, the summary table and one line of results."""
+    self.writer.flush()
+    if self.is_main:
+      visualize.plot_history(visualize.load_history(self.workdir), self.figures_dir)
+      fileio.write_json(self.workdir / 'results.json', results, indent=2)
+    self.print(summary_table(log.history))
+    self.print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels (precision {}), '
+               'gate opened at epoch {}; {}.'.format(
+                   pct(results['test_accuracy']), pct(results['test_accuracy_at_best_val']),
+                   pct(results['best_val_accuracy']), results['pseudo_labels_total'],
+                   pct(results['pseudo_label_precision']), results['gate_opened_at_epoch'],
+                   fmt_time(results['wall_seconds'])))
+
+  def _write_history(self, log) -> None:
+    """WORKDIR/history.json, rewritten at every epoch: what the plots of a running or finished run read."""
+    if not self.is_main:
+      return
+    exp = self.exp
+    hidden = exp.splits.train_labels[exp.splits.unlabeled_idx]
+    known = hidden[hidden >= 0]
+    history = dict(
+        dataset=self.config.dataset,
+        method=self.config.method,
+        class_names=list(exp.splits.class_names),
+        unlabeled_class_counts=(np.bincount(known, minlength=exp.splits.num_classes).tolist() if len(known) else None),
+        gate_threshold=self.config.gate_threshold,
+        gate_confidence=self.config.gate_confidence,
+        gate_opened_at_epoch=log.gate_opened_at_epoch,
+        steps_per_epoch=exp.steps_per_epoch,
+        epochs=log.history,
+    )
+    fileio.write_json(self.workdir / 'history.json', history, indent=1)
+
+
+def results(exp, log, test_at_best: float | None) -> dict:
+  """results.json: the run's final numbers, its history and its config."""
+  last = log.history[-1]
+  return dict(
+      method=exp.config.method,
+      dataset=exp.config.dataset,
+      label_fraction=exp.config.label_fraction,
+      num_labels=len(exp.splits.labeled_idx) + len(exp.splits.val_idx),
+      seed=exp.config.seed,
+      test_accuracy=last['test_accuracy'],
+      high_conf_accuracy=last['test_hca'],
+      val_accuracy=last['val_accuracy'],
+      best_val_accuracy=log.best_val_accuracy,
+      best_epoch=log.best_epoch,
+      test_accuracy_at_best_val=test_at_best,
+      gate_opened_at_epoch=log.gate_opened_at_epoch,
+      pseudo_labels_total=last['pseudo_labels_total'],
+      pseudo_label_precision=last['pseudo_label_precision'],
+      steps=exp.total_steps,
+      epochs=exp.total_steps / exp.steps_per_epoch,
+      nonfinite_steps_skipped=log.skipped_steps,
+      wall_seconds=log.wall_seconds,
+      history=log.history,
+      config=configuration.to_dict(exp.config),
+  )
+
+
+class Clock:
+  """Wall seconds of a run across resumes: a resumed run's clock starts where its last checkpoint's stopped."""
+
+  def __init__(self, before: float = 0.0):
+    self.start = time.time() - before
+
+  def seconds(self) -> float:
+    return time.time() - self.start
