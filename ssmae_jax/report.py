@@ -1,9 +1,11 @@
-"""The paper's table from finished runs: `python -m ssmae_jax.report WORKDIR [WORKDIR ...]`.
+"""The paper's table from finished runs: `python -m ssmae_jax.report WORKDIR [WORKDIR ...] [--equal_compute]`.
 
 Reads each WORKDIR/results.json (a directory is searched recursively), groups the runs by dataset, method and label
 fraction, and prints a markdown table of test accuracy (mean ± std over seeds, n runs) beside the paper's numbers.
 Runs of one group whose configs differ in more than the seed (another tau, another number of steps...) are not
 averaged together: each variant gets its own row, named by the config fields that set it apart.
+A WORKDIR may also be a results.json file itself (e.g. the copies in docs/results/). With --equal_compute a second
+table gives each row's steps, wall time and training FLOPs, and its test accuracy at SSMAE's budget (`equal_compute`).
 """
 
 import collections
@@ -11,7 +13,7 @@ import json
 import statistics
 import sys
 
-from ssmae_jax import configuration, fileio
+from ssmae_jax import configuration, fileio, flops
 
 # Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (DESIGN.md §1). Percent.
 PAPER = {
@@ -63,7 +65,8 @@ def load(paths: list[str]) -> list[dict]:
       continue
     runs.append(dict(dataset=r['dataset'], method=r.get('method', 'ssmae'), label_fraction=r['label_fraction'],
                      seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path,
-                     config={k: v for k, v in _flatten(r.get('config', {})).items() if k not in NOT_A_VARIANT}))
+                     config={k: v for k, v in _flatten(r.get('config', {})).items() if k not in NOT_A_VARIANT},
+                     results=r))
   return runs
 
 
@@ -79,36 +82,100 @@ def mean_std(values: list[float]) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(runs: list[dict]) -> str:
+def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
+  """Rows of the table, in its order: (dataset, method, label fraction, variant) -> the runs averaged in the row."""
   by_setting = collections.defaultdict(list)
   for r in runs:
     by_setting[(r['dataset'], r['method'], round(r['label_fraction'], 4))].append(r)
   groups = collections.defaultdict(list)
   for setting, members in by_setting.items():
     for run, variant in zip(members, _variants(members)):
-      groups[(*setting, variant)].append(run['test_accuracy'])
-  named = any(key[3] for key in groups)
+      groups[(*setting, variant)].append(run)
   order = lambda k: (k[0], METHOD_ORDER.index(k[1]) if k[1] in METHOD_ORDER else len(METHOD_ORDER), k[1], k[2], k[3])
+  return {key: groups[key] for key in sorted(groups, key=order)}
+
+
+def table(runs: list[dict]) -> str:
+  groups = grouped(runs)
+  named = any(key[3] for key in groups)
   lines = ['| dataset | method | labels |' + (' variant |' if named else '') + ' test accuracy (%) | runs | paper (%) |',
            '|---|---|---|' + ('---|' if named else '') + '---|---|---|']
-  for key in sorted(groups, key=order):
+  for key, members in groups.items():
     dataset, method, fraction, variant = key
-    mean, std = mean_std(groups[key])
+    mean, std = mean_std([r['test_accuracy'] for r in members])
     paper = PAPER.get((dataset, method), {}).get(fraction)
     lines.append(f'| {dataset} | {method} | {100 * fraction:g}% |' + (f' {variant or "—"} |' if named else '') +
-                 f' {mean:.2f} ± {std:.2f} | {len(groups[key])} | {"—" if paper is None else f"{paper:.2f}"} |')
+                 f' {mean:.2f} ± {std:.2f} | {len(members)} | {"—" if paper is None else f"{paper:.2f}"} |')
+  return '\n'.join(lines)
+
+
+def at_budget(results: dict, spent: list[float], budget: float) -> float | None:
+  """Test accuracy (%) of a run when it had spent `budget` (wall seconds or FLOPs, `spent` at each history record
+  and at its end): its last test evaluation within the budget; its final one if it ended within it."""
+  if spent[-1] <= budget:
+    return 100 * results['test_accuracy']
+  within = [r['test_accuracy'] for r, used in zip(results['history'], spent) if used <= budget
+            and r['test_accuracy'] is not None]
+  return 100 * within[-1] if within else None
+
+
+def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
+  """Each row's compute (steps, wall time, training FLOPs by XLA's count) and its test accuracy at SSMAE's compute:
+  where a row ran longer than the SSMAE runs of its dataset and label fraction did (mean wall time / FLOPs), its
+  last test evaluation within that budget. Wall times are only comparable between runs on equally loaded cores."""
+  groups = grouped(runs)
+  for r in runs:
+    r['wall'] = [rec['wall_seconds'] for rec in r['results']['history']] + [r['results']['wall_seconds']]
+    r['flops'] = flops.run_flops(r['results']) if count_flops else None
+  budgets = {}
+  for (dataset, method, fraction, _), members in groups.items():
+    if method == 'ssmae' and (dataset, fraction) not in budgets:  # The first SSMAE row: the default variant.
+      budgets[(dataset, fraction)] = (statistics.fmean(r['wall'][-1] for r in members),
+                                      statistics.fmean(r['flops'][-1] for r in members) if count_flops else None)
+  named = any(key[3] for key in groups)
+  lines = ['| dataset | method | labels |' + (' variant |' if named else '') + ' steps | wall (min) |' +
+           (' PFLOP |' if count_flops else '') + ' test acc (%) | at SSMAE\'s wall time |' +
+           (' at SSMAE\'s FLOPs |' if count_flops else '') + ' runs |',
+           '|---|---|---|' + ('---|' if named else '') + '---|---|' + ('---|' if count_flops else '') + '---|---|' +
+           ('---|' if count_flops else '') + '---|']
+
+  def mean_of(values):
+    values = [v for v in values if v is not None]
+    return f'{statistics.fmean(values):.2f}' if values else '—'
+
+  for key, members in groups.items():
+    dataset, method, fraction, variant = key
+    wall_budget, flops_budget = budgets.get((dataset, fraction), (None, None))
+    row = [dataset, method, f'{100 * fraction:g}%'] + ([variant or '—'] if named else [])
+    row += [f'{statistics.fmean(r["results"]["steps"] for r in members):,.0f}',
+            f'{statistics.fmean(r["wall"][-1] for r in members) / 60:.1f}']
+    if count_flops:
+      row.append(f'{statistics.fmean(r["flops"][-1] for r in members) / 1e15:.3f}')
+    row.append(mean_of([r['test_accuracy'] for r in members]))
+    row.append('—' if wall_budget is None else
+               mean_of([at_budget(r['results'], r['wall'], wall_budget) for r in members]))
+    if count_flops:
+      row.append('—' if flops_budget is None else
+                 mean_of([at_budget(r['results'], r['flops'], flops_budget) for r in members]))
+    row.append(str(len(members)))
+    lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines)
 
 
 def main(argv: list[str]) -> int:
-  if not argv:
-    print('usage: python -m ssmae_jax.report WORKDIR [WORKDIR ...]', file=sys.stderr)
+  paths = [a for a in argv if not a.startswith('--')]
+  unknown = [a for a in argv if a.startswith('--') and a not in ('--equal_compute', '--no_flops')]
+  if not paths or unknown:
+    print('usage: python -m ssmae_jax.report WORKDIR [WORKDIR ...] [--equal_compute [--no_flops]]', file=sys.stderr)
     return 2
-  runs = load(argv)
+  runs = load(paths)
   if not runs:
-    print(f'error: no finished run (results.json with a test accuracy) under {" ".join(argv)}', file=sys.stderr)
+    print(f'error: no finished run (results.json with a test accuracy) under {" ".join(paths)}', file=sys.stderr)
     return 2
   print(table(runs))
+  if '--equal_compute' in argv:
+    print()
+    print(equal_compute(runs, count_flops='--no_flops' not in argv))
   return 0
 
 

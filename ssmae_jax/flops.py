@@ -1,0 +1,99 @@
+"""FLOPs by XLA's count: of each kind of train step, and of a finished run from its history (the report's
+equal-compute view).
+
+A step's work is the gradient of the reconstruction loss on some images, the gradient of the classification loss
+on some, a forward pass on some more, and the AdamW update; which images depends on the method and, for SSMAE, on
+the branch the step takes (DESIGN.md §1): gate closed with no remembered example, closed with remembered ones, or
+open (the strong views get a forward pass).
+"""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ssmae_jax import losses, masking, methods, models
+
+NUM_CLASSES = 10  # The head's width barely changes the count; results.json does not record it.
+
+
+def work_flops(model: models.SSMAE, config, *, rec: int, cls: int, forward: int) -> float:
+  """XLA's FLOP count (compiled for abstract shapes) of one step's work on `rec`, `cls` and `forward` images."""
+  size = config.image_size
+  images = lambda n: jnp.zeros((n, size, size, 3), jnp.float32)
+  ids_keep, mask, ids_restore = masking.random_masking(jax.random.key(0), max(rec, 1), model.num_patches,
+                                                        config.mask_ratio)
+  params = jax.eval_shape(model.init, jax.random.key(0), images(1), ids_keep[:1], ids_restore[:1])['params']
+  tx = optax.adamw(1e-3, weight_decay=config.optimizer.weight_decay)
+
+  def work(params, opt_state):
+    def loss_fn(params):
+      loss = jnp.zeros(())
+      if rec:
+        x = images(rec)
+        pred = model.apply({'params': params}, x, ids_keep, ids_restore, method=model.reconstruct)
+        loss += losses.reconstruction_loss(pred, masking.patchify(x, model.patch_size), mask)
+      if cls:
+        logits = model.apply({'params': params}, images(cls), method=model.classify)
+        loss += jnp.mean(losses.cross_entropy(logits, jnp.zeros((cls,), jnp.int32)))
+      return loss
+
+    out = model.apply({'params': params}, images(forward), method=model.classify) if forward else None
+    updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, out
+
+  cost = jax.jit(work).lower(params, jax.eval_shape(tx.init, params)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
+def step_kinds(config) -> dict[str, dict[str, int]]:
+  """The kinds of train step a method's run takes, as the images of each part of their work."""
+  method = methods.get(config.method)
+  num_l, num_u = config.labeled_batch_size, config.unlabeled_batch_size
+  rec = (num_l if method.uses_labeled else 0) + num_u if method.trains_reconstruction(config) else 0
+  if not method.classifies:
+    return {'step': dict(rec=num_u, cls=0, forward=0)}
+  if not method.uses_unlabeled:
+    return {'step': dict(rec=rec, cls=num_l, forward=0)}
+  return {'labeled_only': dict(rec=rec, cls=num_l, forward=0),
+          'with_memory': dict(rec=rec, cls=num_l + num_u, forward=0),
+          'gate_open': dict(rec=rec, cls=num_l + num_u, forward=num_u)}
+
+
+@functools.cache
+def _kind_flops(config_json: str, kind: str) -> float:
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  return work_flops(models.from_config(config, NUM_CLASSES), config, **step_kinds(config)[kind])
+
+
+def run_flops(results: dict) -> list[float]:
+  """Training FLOPs of a finished run up to each of its evaluations (history records) and, last, to its end.
+
+  Each epoch's steps count the FLOPs of the step kind its gate record says it took: 'gate_open' while open; with
+  the gate closed, 'with_memory' once the sticky memory holds a label (an upper bound: a batch without a
+  remembered example takes the cheaper branch), else 'labeled_only'. Evaluations are not counted.
+  """
+  config = results['config']
+  config_json = json.dumps(config, sort_keys=True)
+  kinds = step_kinds(ml_collections.ConfigDict(config))
+  history = results['history']
+  done, out = 0.0, []
+  for record, following in zip(history, history[1:] + [None]):
+    out.append(done)
+    steps = (following['step'] if following else results['steps']) - record['step']
+    if steps <= 0:
+      continue
+    if len(kinds) == 1:
+      kind = 'step'
+    elif record['gate_open']:
+      kind = 'gate_open'
+    elif record['pseudo_labels_total'] and config.get('sticky', True):
+      kind = 'with_memory'
+    else:
+      kind = 'labeled_only'
+    done += steps * _kind_flops(config_json, kind)
+  return out + [done]

@@ -1,0 +1,94 @@
+"""FLOPs by XLA's count (ssmae_jax.flops) and the report's equal-compute view built on them."""
+
+import pytest
+
+from configs import smoke
+from ssmae_jax import flops, models, report
+
+
+def config_for(method, **overrides):
+  c = smoke.get_config()
+  c.method = method
+  c.update(overrides)
+  return c
+
+
+def test_work_flops_grow_with_each_part_of_the_work():
+  config = config_for('ssmae', image_size=16)
+  config.model.depth = 1  # Small programs: each count compiles one.
+  model = models.from_config(config, flops.NUM_CLASSES)
+  count = lambda **kw: flops.work_flops(model, config, **dict(dict(rec=0, cls=0, forward=0), **kw))
+  update_only, classify, forward, reconstruct = count(), count(cls=8), count(forward=8), count(rec=8)
+  assert 0 < update_only < forward < classify  # A backward pass costs more than the forward pass alone.
+  assert update_only < reconstruct
+  # The parts add up: one program doing all three costs what they cost apart (the update counted once).
+  assert count(rec=8, cls=8, forward=8) == pytest.approx(classify + forward + reconstruct - 2 * update_only, rel=0.05)
+
+
+def test_step_kinds_follow_the_method():
+  l, u = 16, 32
+  assert flops.step_kinds(config_for('supervised')) == {'step': dict(rec=0, cls=l, forward=0)}
+  assert flops.step_kinds(config_for('mae_pretrain')) == {'step': dict(rec=u, cls=0, forward=0)}
+  kinds = flops.step_kinds(config_for('ssmae'))
+  assert kinds == {'labeled_only': dict(rec=l + u, cls=l, forward=0),
+                   'with_memory': dict(rec=l + u, cls=l + u, forward=0),
+                   'gate_open': dict(rec=l + u, cls=l + u, forward=u)}
+  assert flops.step_kinds(config_for('ssmae', rec_weight=0.0))['gate_open']['rec'] == 0
+
+
+def _record(step, gate_open=False, pseudo_labels=0, test=None, wall=0.0):
+  return dict(step=step, gate_open=gate_open, pseudo_labels_total=pseudo_labels, test_accuracy=test, wall_seconds=wall)
+
+
+def test_run_flops_count_each_epoch_with_the_branch_its_gate_took(monkeypatch):
+  cost = {'labeled_only': 1.0, 'with_memory': 10.0, 'gate_open': 100.0}
+  monkeypatch.setattr(flops, '_kind_flops', lambda config_json, kind: cost[kind])
+  config = config_for('ssmae').to_dict()
+  history = [_record(0), _record(5, gate_open=True), _record(8, pseudo_labels=3), _record(10, pseudo_labels=3)]
+  results = dict(config=config, steps=10, history=history)
+  # 5 closed steps with an empty memory, 3 open ones, 2 closed ones with labels remembered; nothing after step 10.
+  assert flops.run_flops(results) == [0, 5, 5 + 300, 5 + 300 + 20, 325]
+  config['sticky'] = False  # Without stickiness a closed gate trains on the labeled batch only.
+  assert flops.run_flops(dict(results, config=config))[-1] == 5 + 300 + 2
+
+
+def _run(method, steps, wall, test, history):
+  results = dict(dataset='cifar10', method=method, label_fraction=0.1, seed=0, steps=steps, wall_seconds=wall,
+                 test_accuracy=test, history=history, config=config_for(method).to_dict())
+  return dict(dataset='cifar10', method=method, label_fraction=0.1, seed=0, test_accuracy=100 * test, config={},
+              results=results)
+
+
+def test_equal_compute_reads_a_longer_run_at_the_ssmae_budget(monkeypatch):
+  ssmae = _run('ssmae', 100, 100.0, 0.55, [_record(0, wall=1), _record(100, test=0.55, wall=100)])
+  longer = _run('supervised', 400, 300.0, 0.58, [
+      _record(0, test=0.1, wall=1), _record(100, test=0.45, wall=60), _record(200, test=None, wall=95),
+      _record(300, test=0.52, wall=150), _record(400, test=0.58, wall=300)])
+  shorter = _run('supervised', 50, 40.0, 0.40, [_record(0, wall=1), _record(50, test=0.40, wall=40)])
+  shorter['config'] = {'num_steps': 50}  # Another variant of the supervised row.
+  longer['config'] = {'num_steps': 400}
+  text = report.equal_compute([ssmae, longer, shorter], count_flops=False)
+  rows = {line.split(' | ')[3]: line for line in text.splitlines()[2:]}
+  # The last test evaluation within SSMAE's 100 s (the one at 95 s had none); a run that ended sooner: its final.
+  assert rows['num_steps=400'].endswith('| 400 | 5.0 | 58.00 | 45.00 | 1 |')
+  assert rows['num_steps=50'].endswith('| 50 | 0.7 | 40.00 | 40.00 | 1 |')
+  assert report.at_budget(longer['results'], [1, 60, 95, 150, 300, 300], 0.5) is None  # Nothing tested that soon.
+
+  # FLOPs in proportion to steps: SSMAE's 100 steps are the budget, so the longer run again counts at step 100.
+  monkeypatch.setattr(flops, 'run_flops',
+                      lambda results: [r['step'] * 1e15 for r in results['history']] + [results['steps'] * 1e15])
+  text = report.equal_compute([ssmae, longer], count_flops=True)
+  assert "at SSMAE's FLOPs" in text.splitlines()[0]
+  supervised_row = next(line for line in text.splitlines() if '| supervised |' in line)
+  assert supervised_row.endswith('| 400 | 5.0 | 400.000 | 58.00 | 45.00 | 45.00 | 1 |')
+
+
+def test_report_command_prints_the_equal_compute_view(tmp_path, capsys):
+  import json
+  path = tmp_path / 'results.json'
+  run = _run('ssmae', 10, 60.0, 0.5, [_record(0, wall=1), _record(10, test=0.5, wall=60)])
+  path.write_text(json.dumps(run['results']))
+  assert report.main([str(path), '--equal_compute', '--no_flops']) == 0
+  out = capsys.readouterr().out
+  assert '| cifar10 | ssmae | 10% | 10 | 1.0 | 50.00 | 50.00 | 1 |' in out
+  assert report.main([str(path), '--bogus']) == 2
