@@ -90,6 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.gate_threshold = Float(0.70, min=0, max=1)  # HCA needed to open the gate.
   c.gate_confidence = Float(0.95, min=0, below=1)  # Max-probability above which a validation example counts for HCA.
   c.warmup_epochs = Int(10, min=0)  # Epochs before the gate may open; 0: from the first.
+  # Not in the paper (levers for short budgets, README "Results"): confident validation examples the gate also needs
+  # (0: none, the paper: one confident, correct example is an HCA of 100%), and label smoothing of every
+  # classification target, labeled and pseudo-labeled (0: none).
+  c.gate_min_confident = Int(0, min=0)
+  c.label_smoothing = Float(0.0, min=0, below=1)
 
   # Optimisation.
   # An epoch is num_labeled_train // labeled_batch_size steps. 0: num_steps alone sets the length.

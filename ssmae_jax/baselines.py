@@ -20,7 +20,7 @@ def make_supervised_step(model, tx: optax.GradientTransformation, config, mesh):
 
     def loss_fn(params):
       logits = model.apply({'params': params}, images, method=model.classify)
-      return jnp.mean(losses.cross_entropy(logits, labels)), logits
+      return jnp.mean(losses.cross_entropy(logits, labels, config.label_smoothing)), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)

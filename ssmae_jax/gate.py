@@ -20,13 +20,18 @@ def high_confidence_accuracy(num_confident, num_confident_correct) -> float:
   return float(num_confident_correct) / float(num_confident) if num_confident > 0 else 0.0
 
 
-def gate_open_for_epoch(mode: str, epoch: int, warmup_epochs: int, hca: float, threshold: float) -> bool:
-  """Whether pseudo-labels may be assigned during `epoch`, decided at its start from the validation HCA."""
+def gate_open_for_epoch(mode: str, epoch: int, warmup_epochs: int, hca: float, threshold: float,
+                        num_confident: int = 0, min_confident: int = 0) -> bool:
+  """Whether pseudo-labels may be assigned during `epoch`, decided at its start from the validation HCA.
+
+  `min_confident` > 0 also asks for that many confident validation examples (`num_confident`): the paper's rule
+  (0) lets a single confident, correct example give an HCA of 100%.
+  """
   if mode == 'always_open':
     return True
   if mode == 'never':
     return False
-  return epoch >= warmup_epochs and hca >= threshold
+  return epoch >= warmup_epochs and hca >= threshold and num_confident >= min_confident
 
 
 def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, *, tau: float,

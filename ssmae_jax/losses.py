@@ -17,6 +17,13 @@ def reconstruction_loss(pred: jax.Array, target_patches: jax.Array, mask: jax.Ar
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example cross-entropy; labels may be -1 where the weight is 0 (they are clipped, not used)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy; labels may be -1 where the weight is 0 (they are clipped, not used).
+
+  With `label_smoothing` = e the target puts 1 - e on the label and e / C on every class (config.label_smoothing).
+  """
+  labels = jnp.maximum(labels, 0)
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)

@@ -55,6 +55,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   tau = config.tau
   require_agreement = config.require_agreement
   sticky = config.sticky
+  smoothing = config.label_smoothing
   rec_weight, cls_weight = config.rec_weight, config.cls_weight
   base_key = jax.random.key(config.seed)
   size = model.image_size
@@ -77,7 +78,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
     nothing_new = jnp.zeros((num_u,), bool)
 
     def cls_loss(logits_l, ce_u, used):
-      ce_l = losses.cross_entropy(logits_l, y_l)
+      ce_l = losses.cross_entropy(logits_l, y_l, smoothing)
       return (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (num_l + jnp.sum(used))
 
     # Each branch: (L_cls, its gradient, (labeled logits, used, new, targets)).
@@ -92,7 +93,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
     def with_memory(params):
       def loss_fn(params):
         logits = classify(params, jnp.concatenate([x_l, x_w]))
-        ce_u = losses.cross_entropy(logits[num_l:], memory)
+        ce_u = losses.cross_entropy(logits[num_l:], memory, smoothing)
         return cls_loss(logits[:num_l], ce_u, remembered), logits[:num_l]
 
       (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -107,7 +108,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
         probs_w = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
         targets, used, new = gate.select(probs_w, probs_s, memory, tau=tau,
                                          require_agreement=require_agreement, sticky=sticky)
-        ce_u = losses.cross_entropy(logits[num_l:], targets)
+        ce_u = losses.cross_entropy(logits[num_l:], targets, smoothing)
         return cls_loss(logits[:num_l], ce_u, used), (logits[:num_l], used, new, targets)
 
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

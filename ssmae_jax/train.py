@@ -115,8 +115,9 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
   classifies = exp.method.classifies  # A method that never trains the head has nothing to evaluate.
   val = exp.evaluate(state.params, 'val') if classifies else None
   hca = val.high_conf_accuracy if val else 0.0
-  is_open = exp.method.gated and gate.gate_open_for_epoch(config.gate, epoch, config.warmup_epochs, hca,
-                                                          config.gate_threshold)
+  is_open = exp.method.gated and gate.gate_open_for_epoch(
+      config.gate, epoch, config.warmup_epochs, hca, config.gate_threshold,
+      num_confident=val.num_confident if val else 0, min_confident=config.gate_min_confident)
   if not final:
     state = state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(exp.mesh)))
     log.note_gate(epoch, is_open)
