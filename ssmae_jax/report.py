@@ -27,6 +27,7 @@ PAPER = {
 # What a workdir holds besides its JSON files.
 RUN_FOLDERS = ('checkpoints', 'best', 'figures', 'compilation_cache', 'profile')
 METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
+BUDGET_METHOD = 'ssmae'  # The equal-compute view reads the other rows at this method's wall time and FLOPs.
 # Fields that say where or how a run was kept, not what it learned; seeds and splits are what a row averages over.
 NOT_A_VARIANT = ('seed', 'split_seed', 'data_dir', 'init_from', 'labeled_dir', 'unlabeled_dir', 'test_dir',
                  *configuration.RESUME_SAFE_FIELDS)
@@ -129,7 +130,7 @@ def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
     r['flops'] = flops.run_flops(r['results']) if count_flops else None
   budgets = {}
   for (dataset, method, fraction, _), members in groups.items():
-    if method == 'ssmae' and (dataset, fraction) not in budgets:  # The first SSMAE row: the default variant.
+    if method == BUDGET_METHOD and (dataset, fraction) not in budgets:  # Its first row: the default variant.
       budgets[(dataset, fraction)] = (statistics.fmean(r['wall'][-1] for r in members),
                                       statistics.fmean(r['flops'][-1] for r in members) if count_flops else None)
   named = any(key[3] for key in groups)
