@@ -9,6 +9,10 @@ A seed is a fresh split and a fresh initialisation: it sets both `config.seed` a
 rows' ± is over different labeled / validation sets, as a new user would meet them.
 `finetune` starts from the `mae_pretrain` run of the same seed (pre-training uses all images, so it does not
 depend on the label fraction and runs once per seed). Arguments after `--` go to every run.
+Rows at another budget (supervised at SSMAE's wall time or FLOPs, MAE pre-training + fine-tuning at SSMAE's total)
+take a --tag and their own arguments after --, e.g.
+  ... --methods=supervised --tag=steps24000 -- --config.num_steps=24000
+The report names such rows by the config fields that differ.
 On a TPU/GPU host run it as it is: each run uses all local devices. To spread runs over several hosts, give each
 host a different --seeds or --fractions.
 """
@@ -35,10 +39,10 @@ def runs(methods: list[str], fractions: list[float], seeds: list[int]):
           yield method, fraction, seed
 
 
-def workdir(root: str, dataset: str, method: str, fraction: float | None, seed: int) -> str:
+def workdir(root: str, dataset: str, method: str, fraction: float | None, seed: int, tag: str = '') -> str:
   labels = 'all' if fraction is None else f'labels{fraction:g}'
   # A bucket (gs://...) or a local folder: string joins, since os.path would make a URL local.
-  return '/'.join([root.rstrip('/'), dataset, method, labels, f'seed{seed}'])
+  return '/'.join([root.rstrip('/'), dataset, f'{method}_{tag}' if tag else method, labels, f'seed{seed}'])
 
 
 def main() -> int:
@@ -49,6 +53,8 @@ def main() -> int:
   parser.add_argument('--methods', default='supervised,mae_pretrain,finetune,ssmae')
   parser.add_argument('--fractions', default='0.1,0.2,0.3,0.4')
   parser.add_argument('--seeds', default='0')
+  parser.add_argument('--tag', default='', help='a name for runs whose arguments after -- differ from the main rows\' '
+                      '(e.g. steps24000 for supervised at the same wall time): their workdirs are METHOD_TAG/...')
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
@@ -60,7 +66,7 @@ def main() -> int:
   seeds = [int(s) for s in args.seeds.split(',')]
 
   for method, fraction, seed in runs(methods, fractions, seeds):
-    wd = workdir(args.root, args.dataset, method, fraction, seed)
+    wd = workdir(args.root, args.dataset, method, fraction, seed, args.tag)
     if (fileio.path(wd) / 'results.json').exists():
       continue
     command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
@@ -69,7 +75,7 @@ def main() -> int:
     if fraction is not None:
       command.append(f'--config.label_fraction={fraction}')
     if method == 'finetune':  # The paper's fine-tuning recipe; arguments after -- still override it.
-      command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed)}',
+      command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed, args.tag)}',
                   '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
     command += extra
     print('+ ' + ' '.join(command), flush=True)

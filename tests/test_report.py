@@ -90,3 +90,18 @@ def test_cost_estimate_counts_the_flops_of_a_step(tmp_path):
   config.write_text('from configs import smoke\n\ndef get_config():\n  c = smoke.get_config()\n'
                     '  c.model.width = 64\n  return c\n')
   assert estimate_cost.estimate(str(config), 1.0)['gflops_per_step_gate_open'] > small['gflops_per_step_gate_open']
+
+
+def test_table_launcher_tags_runs_at_another_budget(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, 'scripts/run_table.py', '--config=configs/smoke.py', f'--root={tmp_path}', '--fractions=0.1',
+       '--seeds=1', '--methods=finetune', '--tag=steps24', '--dry_run', '--', '--config.num_steps=24'],
+      cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+  pretrain_dir = str(tmp_path / 'cifar10' / 'mae_pretrain_steps24' / 'all' / 'seed1')
+  assert f'--workdir={pretrain_dir}' in out[0]
+  assert f'--workdir={tmp_path / "cifar10" / "finetune_steps24" / "labels0.1" / "seed1"}' in out[1]
+  assert f'--config.init_from={pretrain_dir}' in out[1]  # The pre-trained run of the same tag.
