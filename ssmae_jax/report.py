@@ -122,17 +122,26 @@ def at_budget(results: dict, spent: list[float], budget: float) -> float | None:
 
 def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
   """Each row's compute (steps, wall time, training FLOPs by XLA's count) and its test accuracy at SSMAE's compute:
-  where a row ran longer than the SSMAE runs of its dataset and label fraction did (mean wall time / FLOPs), its
-  last test evaluation within that budget. Wall times are only comparable between runs on equally loaded cores."""
+  for a run that went on longer than the SSMAE run of its seed (its split; without one, the SSMAE runs' mean wall
+  time / FLOPs), its last test evaluation within that budget. Wall times are only comparable between runs on
+  equally loaded cores."""
   groups = grouped(runs)
   for r in runs:
     r['wall'] = [rec['wall_seconds'] for rec in r['results']['history']] + [r['results']['wall_seconds']]
     r['flops'] = flops.run_flops(r['results']) if count_flops else None
+  # Each run is read at the budget of the BUDGET_METHOD run of its seed (the same split), else at their mean.
   budgets = {}
   for (dataset, method, fraction, _), members in groups.items():
     if method == BUDGET_METHOD and (dataset, fraction) not in budgets:  # Its first row: the default variant.
-      budgets[(dataset, fraction)] = (statistics.fmean(r['wall'][-1] for r in members),
-                                      statistics.fmean(r['flops'][-1] for r in members) if count_flops else None)
+      spent = {r['seed']: (r['wall'][-1], r['flops'][-1] if count_flops else None) for r in members}
+      spent[None] = (statistics.fmean(r['wall'][-1] for r in members),
+                     statistics.fmean(r['flops'][-1] for r in members) if count_flops else None)
+      budgets[(dataset, fraction)] = spent
+
+  def budget(run, which: int) -> float | None:
+    spent = budgets.get((run['dataset'], round(run['label_fraction'], 4)))
+    return None if spent is None else spent.get(run['seed'], spent[None])[which]
+
   named = any(key[3] for key in groups)
   lines = ['| dataset | method | labels |' + (' variant |' if named else '') + ' steps | wall (min) |' +
            (' PFLOP |' if count_flops else '') + ' test acc (%) | at SSMAE\'s wall time |' +
@@ -146,18 +155,15 @@ def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
 
   for key, members in groups.items():
     dataset, method, fraction, variant = key
-    wall_budget, flops_budget = budgets.get((dataset, fraction), (None, None))
     row = [dataset, method, f'{100 * fraction:g}%'] + ([variant or '—'] if named else [])
     row += [f'{statistics.fmean(r["results"]["steps"] for r in members):,.0f}',
             f'{statistics.fmean(r["wall"][-1] for r in members) / 60:.1f}']
     if count_flops:
       row.append(f'{statistics.fmean(r["flops"][-1] for r in members) / 1e15:.3f}')
     row.append(mean_of([r['test_accuracy'] for r in members]))
-    row.append('—' if wall_budget is None else
-               mean_of([at_budget(r['results'], r['wall'], wall_budget) for r in members]))
+    row.append(mean_of([at_budget(r['results'], r['wall'], budget(r, 0)) for r in members if budget(r, 0)]))
     if count_flops:
-      row.append('—' if flops_budget is None else
-                 mean_of([at_budget(r['results'], r['flops'], flops_budget) for r in members]))
+      row.append(mean_of([at_budget(r['results'], r['flops'], budget(r, 1)) for r in members if budget(r, 1)]))
     row.append(str(len(members)))
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines)

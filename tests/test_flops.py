@@ -92,3 +92,20 @@ def test_report_command_prints_the_equal_compute_view(tmp_path, capsys):
   out = capsys.readouterr().out
   assert '| cifar10 | ssmae | 10% | 10 | 1.0 | 50.00 | 50.00 | 1 |' in out
   assert report.main([str(path), '--bogus']) == 2
+
+
+def test_equal_compute_reads_each_run_at_the_budget_of_its_own_split():
+  ssmae = [_run('ssmae', 100, wall, 0.5, [_record(0, wall=1), _record(100, test=0.5, wall=wall)]) for wall in (50, 200)]
+  ssmae[1]['seed'] = ssmae[1]['results']['seed'] = 1
+  supervised = _run('supervised', 400, 300.0, 0.58, [
+      _record(0, test=0.1, wall=1), _record(100, test=0.45, wall=60), _record(400, test=0.58, wall=300)])
+  supervised['seed'] = supervised['results']['seed'] = 1
+  row = next(line for line in report.equal_compute(ssmae + [supervised], count_flops=False).splitlines()
+             if '| supervised |' in line)
+  # Split 1's SSMAE run took 200 s: the evaluation at 60 s counts, not the mean budget's (125 s: the same here) —
+  # nor split 0's 50 s, before which nothing but the start was tested.
+  assert row.endswith('| 58.00 | 45.00 | 1 |')
+  ssmae[1]['results']['wall_seconds'] = 40.0  # Now split 1's budget ends before the evaluation at 60 s.
+  row = next(line for line in report.equal_compute(ssmae + [supervised], count_flops=False).splitlines()
+             if '| supervised |' in line)
+  assert row.endswith('| 58.00 | 10.00 | 1 |')
