@@ -1,8 +1,8 @@
 """The benchmarks run end to end with --json on a tiny config and report what they promise (no timing asserts).
 
-The three run at once as subprocesses (each one imports, decodes CIFAR-10 and compiles on its own: overlapping
-them halves the wall time on two cores); two of them on two fake devices. Compiling dominates their cost, so XLA
-optimises less here: the numbers are not the point.
+The three run at once as subprocesses (each one imports, decodes the first CIFAR-10 images (conftest's
+`small_cifar10`) and compiles on its own: overlapping them halves the wall time on two cores); two of them on two
+fake devices. Compiling dominates their cost, so XLA optimises less here: the numbers are not the point.
 """
 
 import json
@@ -21,6 +21,7 @@ from configs import smoke
 
 def get_config():
   c = smoke.get_config()
+  c.label_fraction = 0.5  # Of the 1,000 images of `small_cifar10`.
   c.labeled_batch_size = 4
   c.unlabeled_batch_size = 8
   c.model.update(depth=1, decoder_depth=1)
@@ -42,13 +43,13 @@ BENCHMARKS = {
 
 
 @pytest.fixture(scope='module')
-def results(tmp_path_factory):
+def results(tmp_path_factory, small_cifar10):
   """name -> (JSON object, stderr) of each benchmark, all started together."""
   config = tmp_path_factory.mktemp('bench') / 'tiny.py'
   config.write_text(TINY_CONFIG)
   procs = {}
   for name, (args, devices, _) in BENCHMARKS.items():
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', TFDS_DATA_DIR=small_cifar10,
                XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
                           f' --xla_force_host_platform_device_count={devices}').strip())
     procs[name] = subprocess.Popen([sys.executable, '-m', f'benchmarks.{name}', '--json', '--config', str(config),

@@ -33,7 +33,7 @@ def tiny_config(**overrides):
   c.image_size = SIZE
   c.labeled_batch_size = L
   c.unlabeled_batch_size = U
-  c.model.update(dict(patch_size=4, width=32, depth=2, num_heads=2, decoder_width=32, decoder_depth=1,
+  c.model.update(dict(patch_size=4, width=32, depth=1, num_heads=2, decoder_width=32, decoder_depth=1,
                       decoder_num_heads=2))
   c.update(overrides)
   return c

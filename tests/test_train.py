@@ -1,4 +1,7 @@
-"""End to end: the smoke config on the real shared CIFAR-10, resume, eval mode, workdir and config errors."""
+"""End to end: the smoke config on the real shared CIFAR-10, resume, eval mode, workdir and config errors.
+
+The smoke run (`smoke_run`) reads the whole real CIFAR-10; the other runs read its first images (conftest's
+`small_cifar10`)."""
 
 import json
 import os
@@ -15,9 +18,7 @@ from ssmae_jax import checkpointing, experiment, inference, reporting, train
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from conftest import needs_cifar10
-
-pytestmark = pytest.mark.usefixtures('decode_cifar10_once')
+from conftest import needs_cifar10, small_config
 
 
 def tiny_config(**overrides):
@@ -33,7 +34,8 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope='module')
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, decode_cifar10_once):
+  """20 steps of a small smoke config on the whole real CIFAR-10: (config, workdir, results)."""
   workdir = str(tmp_path_factory.mktemp('smoke'))
   config = tiny_config(num_steps=20)
   config.val_fraction = 0.2
@@ -43,45 +45,75 @@ def smoke_run(tmp_path_factory):
 
 
 @needs_cifar10
-def test_smoke_writes_results(smoke_run):
-  _, workdir, results = smoke_run
-  with open(os.path.join(workdir, 'results.json')) as f:
-    saved = json.load(f)
-  for key in ('test_accuracy', 'best_val_accuracy', 'test_accuracy_at_best_val', 'high_conf_accuracy',
-              'gate_opened_at_epoch', 'pseudo_labels_total', 'pseudo_label_precision', 'steps', 'epochs',
-              'wall_seconds', 'config'):
-    assert key in saved, key
-  assert saved['steps'] == 20
-  assert saved['config']['num_steps'] == 20
-  assert 0.0 <= saved['test_accuracy'] <= 1.0
-  assert saved['gate_opened_at_epoch'] == 0  # threshold 0 and no warm-up: open from the first epoch.
-  assert saved['pseudo_labels_total'] > 0  # tau is low in the smoke config.
-  assert 0.0 <= saved['pseudo_label_precision'] <= 1.0
-  assert results['test_accuracy'] == saved['test_accuracy']
-  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
-  with open(os.path.join(workdir, 'history.json')) as f:
-    history = json.load(f)
-  assert [r['epoch'] for r in history['epochs']] == [0, 1]
-  assert sum(history['epochs'][-1]['pseudo_labels_per_class']) == saved['pseudo_labels_total']
-  assert sum(history['unlabeled_class_counts']) == 50000 - 100  # The pool excludes the 100 validation images.
-  assert history['epochs'][-1]['train_loss'] > 0
-  assert os.listdir(os.path.join(workdir, 'checkpoints'))
-  assert os.listdir(os.path.join(workdir, 'best'))
+class TestSmokeRun:
+  """Tests of the one smoke run (a class: under xdist one worker runs them, and the run once)."""
+
+  def test_smoke_writes_results(self, smoke_run):
+    _, workdir, results = smoke_run
+    with open(os.path.join(workdir, 'results.json')) as f:
+      saved = json.load(f)
+    for key in ('test_accuracy', 'best_val_accuracy', 'test_accuracy_at_best_val', 'high_conf_accuracy',
+                'gate_opened_at_epoch', 'pseudo_labels_total', 'pseudo_label_precision', 'steps', 'epochs',
+                'wall_seconds', 'config'):
+      assert key in saved, key
+    assert saved['steps'] == 20
+    assert saved['config']['num_steps'] == 20
+    assert 0.0 <= saved['test_accuracy'] <= 1.0
+    assert saved['gate_opened_at_epoch'] == 0  # threshold 0 and no warm-up: open from the first epoch.
+    assert saved['pseudo_labels_total'] > 0  # tau is low in the smoke config.
+    assert 0.0 <= saved['pseudo_label_precision'] <= 1.0
+    assert results['test_accuracy'] == saved['test_accuracy']
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+    with open(os.path.join(workdir, 'history.json')) as f:
+      history = json.load(f)
+    assert [r['epoch'] for r in history['epochs']] == [0, 1]
+    assert sum(history['epochs'][-1]['pseudo_labels_per_class']) == saved['pseudo_labels_total']
+    assert sum(history['unlabeled_class_counts']) == 50000 - 100  # The pool excludes the 100 validation images.
+    assert history['epochs'][-1]['train_loss'] > 0
+    assert os.listdir(os.path.join(workdir, 'checkpoints'))
+    assert os.listdir(os.path.join(workdir, 'best'))
+
+  def test_eval_mode_evaluates_best_checkpoint(self, smoke_run):
+    config, workdir, results = smoke_run
+    out = inference.evaluate(config, workdir, 'best')
+    assert out['test_accuracy'] == pytest.approx(results['test_accuracy_at_best_val'])
+    latest = inference.evaluate(config, workdir, 'latest')
+    assert latest['step'] == 20
+    assert latest['test_accuracy'] == pytest.approx(results['test_accuracy'])
+
+  def test_figures_and_tensorboard_of_a_run(self, smoke_run):
+    import matplotlib.image
+    import tensorflow as tf
+    config, workdir, _ = smoke_run
+    figures = os.path.join(workdir, 'figures')
+    for name in ('reconstruction_epoch_000.png', 'reconstruction_epoch_001.png', 'accuracy.png', 'pseudo_labels.png',
+                 'pseudo_label_classes.png', 'hca.png', 'losses.png'):
+      image = matplotlib.image.imread(os.path.join(figures, name))
+      assert image.std() > 0.02, name
+    tags, images = set(), 0
+    for name in os.listdir(workdir):
+      if name.startswith('events.out.tfevents'):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+          for value in event.summary.value:
+            tags.add(value.tag)
+            images += value.tag == 'reconstruction'
+    for tag in ('train/loss', 'train/rec_loss', 'train/cls_loss', 'train/grad_norm', 'train/steps_per_sec',
+                'train/learning_rate', 'epoch/val_accuracy', 'epoch/val_hca', 'epoch/gate_open',
+                'epoch/pseudo_labels_total', 'epoch/pseudo_labels_new', 'epoch/pseudo_label_precision',
+                'epoch/test_accuracy'):
+      assert tag in tags, tag
+    assert images == 2  # One grid per evaluation.
+
+    path = inference.reconstruct(config, workdir)
+    assert path.endswith('reconstruction_step_20.png') and os.path.exists(path)
+    assert len(inference.plots(workdir)) == 5
 
 
 @needs_cifar10
-def test_eval_mode_evaluates_best_checkpoint(smoke_run):
-  config, workdir, results = smoke_run
-  out = inference.evaluate(config, workdir, 'best')
-  assert out['test_accuracy'] == pytest.approx(results['test_accuracy_at_best_val'])
-  latest = inference.evaluate(config, workdir, 'latest')
-  assert latest['step'] == 20
-  assert latest['test_accuracy'] == pytest.approx(results['test_accuracy'])
-
-
-@needs_cifar10
-def test_resume_matches_uninterrupted(tmp_path):
-  config = tiny_config()
+def test_resume_matches_uninterrupted(tmp_path, small_cifar10):
+  # 7 steps per epoch: the 16 steps cross the evaluations at steps 7 and 14; the stop at step 6 saves the checkpoint
+  # the resumed run starts from, before the first periodic one (step 8).
+  config = small_config(small_cifar10, num_steps=16)
   full_results = train.train_and_evaluate(config, str(tmp_path / 'full'))
 
   assert train.train_and_evaluate(config, str(tmp_path / 'split'), preemption=train.StopAtStep(6)) is None
@@ -113,10 +145,9 @@ def test_resume_matches_uninterrupted(tmp_path):
 
 
 @needs_cifar10
-def test_workdir_of_another_config_is_refused(tmp_path):
-  config = tiny_config(num_steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
-  other = tiny_config(num_steps=4, mask_ratio=0.5)
+def test_workdir_of_another_config_is_refused(tmp_path, small_cifar10):
+  experiment.build(small_config(small_cifar10), str(tmp_path))  # A run starts by recording its config.
+  other = small_config(small_cifar10, mask_ratio=0.5)
   with pytest.raises(UserError, match='mask_ratio'):
     experiment.build(other, str(tmp_path))
   other.allow_config_change = True
@@ -162,11 +193,13 @@ def test_main_reports_bad_flags_in_one_line(tmp_path, args, message):
 
 
 @needs_cifar10
-def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path):
+def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, small_cifar10):
   workdir = tmp_path / 'run'
+  env = dict(os.environ, TFDS_DATA_DIR=small_cifar10)
   command = [sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={workdir}',
-             '--config.num_steps=40', '--config.log_every_steps=2', '--config.checkpoint_every_steps=1000']
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             '--config.num_steps=40', '--config.log_every_steps=2', '--config.checkpoint_every_steps=1000',
+             '--config.label_fraction=0.5']  # 450 labeled training images: 28 steps per epoch.
+  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for line in proc.stdout:
     if line.startswith('step 4/'):
       proc.send_signal(signal.SIGTERM)
@@ -180,38 +213,10 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path):
   assert (workdir / 'checkpoints' / str(stopped_at)).is_dir()
   assert not (workdir / 'results.json').exists()
 
-  resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'Resuming from step {stopped_at}' in resumed.stdout
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 40
-
-
-@needs_cifar10
-def test_figures_and_tensorboard_of_a_run(smoke_run):
-  import matplotlib.image
-  import tensorflow as tf
-  config, workdir, _ = smoke_run
-  figures = os.path.join(workdir, 'figures')
-  for name in ('reconstruction_epoch_000.png', 'reconstruction_epoch_001.png', 'accuracy.png', 'pseudo_labels.png',
-               'pseudo_label_classes.png', 'hca.png', 'losses.png'):
-    image = matplotlib.image.imread(os.path.join(figures, name))
-    assert image.std() > 0.02, name
-  tags, images = set(), 0
-  for name in os.listdir(workdir):
-    if name.startswith('events.out.tfevents'):
-      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
-        for value in event.summary.value:
-          tags.add(value.tag)
-          images += value.tag == 'reconstruction'
-  for tag in ('train/loss', 'train/rec_loss', 'train/cls_loss', 'train/grad_norm', 'train/steps_per_sec', 'train/learning_rate',
-              'epoch/val_accuracy', 'epoch/val_hca', 'epoch/gate_open', 'epoch/pseudo_labels_total',
-              'epoch/pseudo_labels_new', 'epoch/pseudo_label_precision', 'epoch/test_accuracy'):
-    assert tag in tags, tag
-  assert images == 2  # One grid per evaluation.
-
-  path = inference.reconstruct(config, workdir)
-  assert path.endswith('reconstruction_step_20.png') and os.path.exists(path)
-  assert len(inference.plots(workdir)) == 5
 
 
 def test_reconstruct_and_plots_on_an_empty_workdir_are_clear(tmp_path):
