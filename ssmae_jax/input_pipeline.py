@@ -118,7 +118,7 @@ def _load(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np
     return image, tf.cast(example['label'], tf.int32)
 
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(image_label, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(_LOAD_CHUNK)
+  ds = ds.map(augment.plain(image_label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(_LOAD_CHUNK)
   chunks = list(ds.prefetch(1).as_numpy_iterator())
   return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
@@ -272,10 +272,10 @@ def _index_stream(n: int, global_batch: int, start_step: int, rows: tuple[int, i
     return tf.data.Dataset.from_tensor_slices((order[skip:], positions[skip:]))
 
   lo, hi = rows
-  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(augment.plain(epoch))
   # The stream starts on a batch boundary, so a position's row in its global batch is position % global_batch.
-  ds = ds.filter(lambda i, p: (p % global_batch >= lo) & (p % global_batch < hi))
-  return ds.map(lambda i, p: (i, tf.random.experimental.stateless_fold_in(aug_key, p)))
+  ds = ds.filter(augment.plain(lambda i, p: (p % global_batch >= lo) & (p % global_batch < hi)))
+  return ds.map(augment.plain(lambda i, p: (i, tf.random.experimental.stateless_fold_in(aug_key, p))))
 
 
 def _options() -> tf.data.Options:
@@ -323,7 +323,7 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
 
     ds = _index_stream(len(splits.labeled_idx), config.labeled_batch_size, start_step, rows,
                        *_stream_keys(config.seed, _LABELED_STREAM))
-    streams['labeled'] = ds.map(labeled, num_parallel_calls=autotune, deterministic=True).batch(
+    streams['labeled'] = ds.map(augment.plain(labeled), num_parallel_calls=autotune, deterministic=True).batch(
         rows[1] - rows[0], drop_remainder=True)
 
   if need_unlabeled:
@@ -348,10 +348,10 @@ def train_dataset(splits: Splits, config: Any, start_step: int, *, process_index
 
     ds = _index_stream(len(splits.unlabeled_idx), config.unlabeled_batch_size, start_step, rows,
                        *_stream_keys(config.seed, _UNLABELED_STREAM))
-    streams['unlabeled'] = ds.map(unlabeled, num_parallel_calls=autotune, deterministic=True).batch(
+    streams['unlabeled'] = ds.map(augment.plain(unlabeled), num_parallel_calls=autotune, deterministic=True).batch(
         rows[1] - rows[0], drop_remainder=True)
 
-  ds = tf.data.Dataset.zip(streams).map(lambda s: {k: v for part in s.values() for k, v in part.items()})
+  ds = tf.data.Dataset.zip(streams).map(augment.plain(lambda s: {k: v for part in s.values() for k, v in part.items()}))
   return ds.prefetch(autotune).with_options(_options())
 
 
@@ -400,7 +400,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, image_
     image *= tf.cast(m, tf.uint8)[:, None, None, None]
     return {'image': image, 'label': tf.gather(labels_t, i) * tf.cast(m, tf.int32), 'mask': m}
 
-  ds = tf.data.Dataset.from_tensor_slices((source, mask)).map(batch, num_parallel_calls=tf.data.AUTOTUNE,
+  ds = tf.data.Dataset.from_tensor_slices((source, mask)).map(augment.plain(batch), num_parallel_calls=tf.data.AUTOTUNE,
                                                               deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
 
@@ -419,5 +419,5 @@ def pool_batches(splits: Splits, batch_size: int, image_size: int, *, resize_on_
   train_idx = splits.unlabeled_idx[np.minimum(rows, n - 1)]
   view = splits.source.eval_image(image_size, resize_on_device)
   ds = tf.data.Dataset.from_tensor_slices((train_idx.reshape(-1), mask.reshape(-1)))
-  ds = ds.map(lambda i, m: {'image': view(i), 'mask': m}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(augment.plain(lambda i, m: {'image': view(i), 'mask': m}), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(hi - lo).prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
