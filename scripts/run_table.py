@@ -76,7 +76,7 @@ def main() -> int:
       command.append(f'--config.label_fraction={fraction}')
     if method == 'finetune':  # The paper's fine-tuning recipe; arguments after -- still override it.
       command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed, args.tag)}',
-                  '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
+                  '--config.labeled_batch_size=32', '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
     command += extra
     print('+ ' + ' '.join(command), flush=True)
     if not args.dry_run:

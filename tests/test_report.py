@@ -69,6 +69,9 @@ def test_table_launcher_orders_runs_and_feeds_finetune_the_pretrained_run(tmp_pa
   pretrain_dir = str(tmp_path / 'cifar10' / 'mae_pretrain' / 'all' / 'seed0')
   assert f'--workdir={pretrain_dir}' in out[0]
   assert f'--config.init_from={pretrain_dir}' in out[1] and '--config.label_fraction=0.1' in out[1]
+  # The reference's fine-tuning recipe (configs/baselines/finetune.py), before the extra arguments that may override it.
+  for flag in ('--config.labeled_batch_size=32', '--config.num_epochs=100', '--config.optimizer.schedule=cosine'):
+    assert flag in out[1] and flag not in out[2] and out[1].index(flag) < out[1].index('--config.num_steps=7')
   assert all(l.endswith('--config.num_steps=7') for l in out)  # Extra arguments reach every run, last.
   # A seed is a new split as well as a new initialisation.
   assert all('--config.seed=0' in l and '--config.split_seed=0' in l for l in out)

@@ -1,5 +1,6 @@
 """Fine-tuning a pre-trained encoder on the labeled split, the second half of the paper's MAE baseline:
-100 epochs, AdamW 1e-4, weight decay 0.05, cosine schedule.
+as the reference runs it: batch 32, 100 epochs, AdamW 1e-4, weight decay 0.05, cosine schedule (decayed per step here,
+per epoch in the reference).
 
   TFDS_DATA_DIR=../shared/tfds python main.py --config=configs/baselines/finetune.py \\
       --config.init_from=/tmp/c10_mae --workdir=/tmp/c10_ft
@@ -14,6 +15,7 @@ from configs import cifar10
 def get_config():
   c = cifar10.get_config()
   c.method = 'finetune'
+  c.labeled_batch_size = 32
   c.num_epochs = 100
   c.optimizer.schedule = 'cosine'
   return c
