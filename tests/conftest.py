@@ -115,7 +115,8 @@ def small_cifar10(tmp_path_factory) -> str:
 # Modules (and their classes) in the order they start under pytest-xdist, slowest first (measured on 2 cores), so
 # that no long one starts last; the others follow in their usual order.
 SLOWEST_FIRST = ('test_reliability.py', 'test_gcs.py', 'test_methods.py', 'test_train.py', 'test_benchmarks.py',
-                 'test_runtime.py', 'test_steps.py', 'test_folder.py', 'test_input_pipeline.py', 'test_precision.py')
+                 'test_folder.py', 'test_input_pipeline.py', 'test_runtime.py', 'test_steps.py', 'test_levers.py',
+                 'test_device_resize.py', 'test_configuration.py', 'test_report.py', 'test_precision.py')
 
 
 def pytest_collection_modifyitems(config, items):

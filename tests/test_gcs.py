@@ -1,11 +1,14 @@
 """Runs whose workdir, checkpoints, `init_from` and image folders live in a Cloud Storage bucket (gs://).
 
-A local Cloud Storage emulator (`gcp-storage-emulator`, in the test requirements; tests/storage_emulator.py) stands in for the bucket; each run
-is `main.py` in a subprocess, as a user's. gcsfs (behind etils.epath with EPATH_USE_TF=false) and tensorstore
-(behind orbax's arrays) talk to the emulator; TensorFlow's own GCS client cannot be pointed at it, so these runs
-turn TensorBoard's event files off (`config.tensorboard=False`), the one thing a real bucket gets that they don't.
-Every run shares one compilation cache in the bucket: the first run compiles, the others load (and the resume
-test checks that they do).
+A local Cloud Storage emulator (`gcp-storage-emulator`, in the test requirements; tests/storage_emulator.py) stands in
+for the bucket. gcsfs (behind etils.epath with EPATH_USE_TF=false) and tensorstore (behind orbax's arrays) talk to it;
+TensorFlow's own GCS client cannot be pointed at it, so these runs turn TensorBoard's event files off
+(`config.tensorboard=False`), the one thing a real bucket gets that they don't.
+Where a process matters (a run from scratch, a kill and its resume, two processes) a run is `main.py` in a
+subprocess, as a user's; the others (eval / reconstruct / plots / predict, init_from, folders) call what main.py calls,
+in this process, with the same environment (`in_process`). The subprocess runs share one compilation cache in the
+bucket: the first compiles, the others load (the resume test checks that they do); the two-process run uses the
+session's local cache, where test_reliability's two processes compiled the same programs.
 """
 
 import importlib.util
@@ -23,9 +26,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+from etils.epath import gpath
 
-from conftest import needs_cifar10
+from conftest import needs_cifar10, small_config
 from test_reliability import OVERRIDES, _flags, _free_port, _outputs_of, _stop
+from configs import folder
+from ssmae_jax import inference, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900
@@ -52,6 +58,12 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log, timeout: float = 60) 
   raise RuntimeError(f'the storage emulator did not listen on port {port} within {timeout} s')
 
 
+# What points gcsfs, tensorstore and google-auth at the emulator (and nowhere else).
+EMULATOR_ENV = ('STORAGE_EMULATOR_HOST', 'TENSORSTORE_GCS_HTTP_URL', 'EPATH_USE_TF', 'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT',
+                'GOOGLE_AUTH_TOKEN_FOR_TESTING', 'GCE_METADATA_HOST', 'GCE_METADATA_ROOT', 'GCE_METADATA_IP',
+                'NO_GCE_CHECK')
+
+
 @pytest.fixture(scope='module')
 def emulator(tmp_path_factory):
   """A Cloud Storage emulator on localhost holding bucket BUCKET, in memory; -> the environment that reaches it."""
@@ -66,10 +78,12 @@ def emulator(tmp_path_factory):
     _wait_for_port(port, proc, log)
     url = f'http://127.0.0.1:{port}'
     unreachable = '127.0.0.1:1'  # Credentials are never looked up on a metadata server: nothing leaves the machine.
-    yield dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, EPATH_USE_TF='false',
-               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false', GOOGLE_AUTH_TOKEN_FOR_TESTING='emulator',
-               GCE_METADATA_HOST=unreachable, GCE_METADATA_ROOT=unreachable, GCE_METADATA_IP=unreachable,
-               NO_GCE_CHECK='True')
+    values = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, EPATH_USE_TF='false',
+                  GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false', GOOGLE_AUTH_TOKEN_FOR_TESTING='emulator',
+                  GCE_METADATA_HOST=unreachable, GCE_METADATA_ROOT=unreachable, GCE_METADATA_IP=unreachable,
+                  NO_GCE_CHECK='True')
+    assert values.keys() == set(EMULATOR_ENV)
+    yield values
   finally:
     _stop(proc)
 
@@ -186,29 +200,44 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_from_the_bucket(finishe
       _outputs_of(_read_json(bucket, f'{finished}/results.json'))
 
 
-def test_eval_reconstruct_plots_and_predict_read_the_bucket(finished, env, bucket):
-  out = _run(finished, env, '--mode=eval')
-  assert re.search(r'best checkpoint \(step \d+\): test accuracy [\d.]+%', out), out
-  out = _run(finished, env, '--mode=reconstruct')
-  assert f'Wrote {finished}/figures/reconstruction_step_{OVERRIDES["num_steps"]}.png' in out, out
+@pytest.fixture
+def in_process(env, monkeypatch):
+  """This process reaches the emulator as the runs do (their environment: the emulator, the small data) -> the
+  config main.py builds from `_start`'s flags."""
+  for name in (*EMULATOR_ENV, 'TFDS_DATA_DIR'):
+    monkeypatch.setenv(name, env[name])
+  # etils chooses between TensorFlow's GCS client and gcsfs once per process (EPATH_USE_TF), whichever test first
+  # touched a gs:// path: have it choose again now, and again after, with the environment restored.
+  gpath._is_tf_installed.cache_clear()
+  yield small_config(None, **OVERRIDES, tensorboard=False, compilation_cache_dir=CACHE)
+  gpath._is_tf_installed.cache_clear()
+
+
+def test_eval_reconstruct_plots_and_predict_read_the_bucket(finished, in_process, bucket, capsys):
+  # What main.py's --mode=eval / reconstruct / plots / predict call (test_train runs main.py's modes), in this process.
+  inference.evaluate(in_process, finished, 'best')
+  assert re.search(r'best checkpoint \(step \d+\): test accuracy [\d.]+%', capsys.readouterr().out)
+  inference.reconstruct(in_process, finished)
+  assert f'Wrote {finished}/figures/reconstruction_step_{OVERRIDES["num_steps"]}.png' in capsys.readouterr().out
   png = bucket.read(f'{_key(finished)}/figures/reconstruction_step_{OVERRIDES["num_steps"]}.png')
   assert png.startswith(b'\x89PNG\r\n\x1a\n')
-  out = _run(finished, env, '--mode=plots')
-  assert f'{finished}/figures/accuracy.png' in out, out
-  _run(finished, env, '--mode=predict')
+  inference.plots(finished)
+  assert f'{finished}/figures/accuracy.png' in capsys.readouterr().out
+  inference.predict_pool(in_process, finished)
   rows = bucket.read(f'{_key(finished)}/pseudo_labels.csv').decode().splitlines()
   assert rows[0] == 'path,pseudo_label,prediction,confidence,source'
   assert len(rows) > 1
 
 
-def test_init_from_a_bucket_run(finished, env, bucket):
+def test_init_from_a_bucket_run(finished, in_process, bucket, capsys):
   workdir = f'gs://{BUCKET}/runs/finetune'
-  out = _run(workdir, env, overrides={'method': 'finetune', 'init_from': finished, 'num_steps': 3})
-  assert 'Done:' in out
+  in_process.update(method='finetune', init_from=finished, num_steps=3)
+  train.train_and_evaluate(in_process, workdir)
+  assert 'Done:' in capsys.readouterr().out
   assert _read_json(bucket, f'{workdir}/config.json')['init_from'] == finished
 
 
-def test_a_folder_dataset_in_the_bucket_trains(env, bucket):
+def test_a_folder_dataset_in_the_bucket_trains(in_process, bucket):
   from PIL import Image
   rng = np.random.default_rng(0)
   root = 'folders'
@@ -218,15 +247,13 @@ def test_a_folder_dataset_in_the_bucket_trains(env, bucket):
     Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), np.uint8)).save(png, format='PNG')
     bucket.write(f'{root}/{part}/img{i:02d}.png', png.getvalue())
   workdir = f'gs://{BUCKET}/runs/folder'
-  command = [sys.executable, 'main.py', '--config=configs/folder.py', f'--workdir={workdir}', *BUCKET_FLAGS,
-             f'--config.labeled_dir=gs://{BUCKET}/{root}/labeled', f'--config.unlabeled_dir=gs://{BUCKET}/{root}/unlabeled',
-             '--config.image_size=16', '--config.model.patch_size=8', '--config.model.depth=1',
-             '--config.model.width=32', '--config.model.num_heads=2', '--config.model.decoder_width=32',
-             '--config.model.decoder_num_heads=2', '--config.model.decoder_depth=1', '--config.val_fraction=0.2',
-             '--config.labeled_batch_size=4', '--config.unlabeled_batch_size=4', '--config.eval_batch_size=8',
-             '--config.num_steps=4', '--config.warmup_epochs=0']
-  proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = folder.get_config()
+  config.update(labeled_dir=f'gs://{BUCKET}/{root}/labeled', unlabeled_dir=f'gs://{BUCKET}/{root}/unlabeled',
+                image_size=16, val_fraction=0.2, labeled_batch_size=4, unlabeled_batch_size=4, eval_batch_size=8,
+                num_steps=4, warmup_epochs=0, tensorboard=False, compilation_cache_dir=CACHE)
+  config.model.update(patch_size=8, depth=1, width=32, num_heads=2, decoder_width=32, decoder_num_heads=2,
+                      decoder_depth=1)
+  train.train_and_evaluate(config, workdir)
   data = _read_json(bucket, f'{workdir}/data.json')
   assert data['num_labeled_files'] == 12 and data['num_unlabeled_files'] == 12
   assert data['labeled_files'][0] == 'class0/img00.png'  # Relative to the folder, as for local folders.
@@ -237,8 +264,10 @@ def test_a_folder_dataset_in_the_bucket_trains(env, bucket):
 def test_two_processes_share_one_bucket_workdir(finished, env, bucket):
   workdir = f'gs://{BUCKET}/runs/two'
   port = _free_port()
+  # The session's local compilation cache, which test_reliability's two processes share: the bucket's was tested above.
+  cache = f'--config.compilation_cache_dir={os.environ["SSMAE_TESTS_XLA_CACHE"]}'
   procs = [_start(workdir, env, f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                  f'--process_id={i}') for i in range(2)]
+                  f'--process_id={i}', cache) for i in range(2)]
   try:
     outs = [p.communicate(timeout=TIMEOUT) for p in procs]
   finally:
