@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from ssmae_jax import gate, masking, methods
+from ssmae_jax import masking, methods
 from ssmae_jax.errors import UserError
 
 METHODS = tuple(methods.METHODS)
