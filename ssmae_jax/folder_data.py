@@ -127,7 +127,8 @@ def decode_for_eval(paths, size: int) -> np.ndarray:
   if not len(paths):
     return np.zeros((0, size, size, 3), np.uint8)
   ds = tf.data.Dataset.from_tensor_slices(path_tensor(paths))
-  ds = ds.map(augment.plain(lambda p: center_crop(read(p), size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(augment.plain(lambda p: center_crop(read(p), size)), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
   return np.concatenate(list(ds.batch(_CHECK_BATCH).prefetch(1).as_numpy_iterator()))
 
 
@@ -135,7 +136,8 @@ def _readable(paths: list[str]) -> np.ndarray:
   """bool [n]: whether each file reads and decodes; one parallel pass over the files."""
   ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), path_tensor(paths)))
   # The shape is all that is kept of each image, so only a few images are alive at a time.
-  ds = ds.map(augment.plain(lambda i, p: (i, tf.shape(read(p)))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ds = ds.map(augment.plain(lambda i, p: (i, tf.shape(read(p)))), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=False)
   ok = np.zeros(len(paths), bool)
   for indices, _ in ds.ignore_errors().batch(_CHECK_BATCH).as_numpy_iterator():
     ok[indices] = True

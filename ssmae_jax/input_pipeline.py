@@ -186,7 +186,8 @@ def _folder_splits(config: Any) -> Splits:
 
 
 def load_splits(config: Any) -> Splits:
-  """Loads config.dataset from TFDS (downloading it only if not prepared and config.download) and carves the seeded, class-balanced splits."""
+  """Loads config.dataset from TFDS (downloading it only if not prepared and config.download) and carves the seeded,
+  class-balanced splits."""
   if config.dataset == 'folder':
     return _folder_splits(config)
   builder = _builder(config)
@@ -419,5 +420,6 @@ def pool_batches(splits: Splits, batch_size: int, image_size: int, *, resize_on_
   train_idx = splits.unlabeled_idx[np.minimum(rows, n - 1)]
   view = splits.source.eval_image(image_size, resize_on_device)
   ds = tf.data.Dataset.from_tensor_slices((train_idx.reshape(-1), mask.reshape(-1)))
-  ds = ds.map(augment.plain(lambda i, m: {'image': view(i), 'mask': m}), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(augment.plain(lambda i, m: {'image': view(i), 'mask': m}), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
   return ds.batch(hi - lo).prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()

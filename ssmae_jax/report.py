@@ -99,7 +99,8 @@ def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
 def table(runs: list[dict]) -> str:
   groups = grouped(runs)
   named = any(key[3] for key in groups)
-  lines = ['| dataset | method | labels |' + (' variant |' if named else '') + ' test accuracy (%) | runs | paper (%) |',
+  lines = ['| dataset | method | labels |' + (' variant |' if named else '') +
+           ' test accuracy (%) | runs | paper (%) |',
            '|---|---|---|' + ('---|' if named else '') + '---|---|---|']
   for key, members in groups.items():
     dataset, method, fraction, variant = key

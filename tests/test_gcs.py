@@ -58,12 +58,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log, timeout: float = 60) 
   raise RuntimeError(f'the storage emulator did not listen on port {port} within {timeout} s')
 
 
-# What points gcsfs, tensorstore and google-auth at the emulator (and nowhere else).
-EMULATOR_ENV = ('STORAGE_EMULATOR_HOST', 'TENSORSTORE_GCS_HTTP_URL', 'EPATH_USE_TF', 'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT',
-                'GOOGLE_AUTH_TOKEN_FOR_TESTING', 'GCE_METADATA_HOST', 'GCE_METADATA_ROOT', 'GCE_METADATA_IP',
-                'NO_GCE_CHECK')
-
-
 @pytest.fixture(scope='module')
 def emulator(tmp_path_factory):
   """A Cloud Storage emulator on localhost holding bucket BUCKET, in memory; -> the environment that reaches it."""
@@ -78,12 +72,10 @@ def emulator(tmp_path_factory):
     _wait_for_port(port, proc, log)
     url = f'http://127.0.0.1:{port}'
     unreachable = '127.0.0.1:1'  # Credentials are never looked up on a metadata server: nothing leaves the machine.
-    values = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, EPATH_USE_TF='false',
-                  GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false', GOOGLE_AUTH_TOKEN_FOR_TESTING='emulator',
-                  GCE_METADATA_HOST=unreachable, GCE_METADATA_ROOT=unreachable, GCE_METADATA_IP=unreachable,
-                  NO_GCE_CHECK='True')
-    assert values.keys() == set(EMULATOR_ENV)
-    yield values
+    yield dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, EPATH_USE_TF='false',
+               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false', GOOGLE_AUTH_TOKEN_FOR_TESTING='emulator',
+               GCE_METADATA_HOST=unreachable, GCE_METADATA_ROOT=unreachable, GCE_METADATA_IP=unreachable,
+               NO_GCE_CHECK='True')
   finally:
     _stop(proc)
 
@@ -201,10 +193,10 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_from_the_bucket(finishe
 
 
 @pytest.fixture
-def in_process(env, monkeypatch):
+def in_process(emulator, env, monkeypatch):
   """This process reaches the emulator as the runs do (their environment: the emulator, the small data) -> the
   config main.py builds from `_start`'s flags."""
-  for name in (*EMULATOR_ENV, 'TFDS_DATA_DIR'):
+  for name in (*emulator, 'TFDS_DATA_DIR'):
     monkeypatch.setenv(name, env[name])
   # etils chooses between TensorFlow's GCS client and gcsfs once per process (EPATH_USE_TF), whichever test first
   # touched a gs:// path: have it choose again now, and again after, with the environment restored.
