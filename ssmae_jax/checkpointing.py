@@ -19,19 +19,23 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _options(name: str, keep: int) -> ocp.CheckpointManagerOptions:
+  # Each manager's own name on its cross-host barriers: both save step N at an epoch's first step, and on several
+  # hosts their background commits met at the same barrier ('_async_write_complete.N is already ongoing') and the
+  # run hung, then aborted.
+  return ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                      multiprocessing_options=ocp.options.MultiprocessingOptions(
+                                          barrier_sync_key_prefix=name))
+
+
 class Checkpoints:
   """The two checkpoint managers of a run."""
 
   def __init__(self, workdir: str, keep: int):
     workdir = fileio.path(workdir)
-    self.latest = ocp.CheckpointManager(
-        workdir / 'checkpoints',
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=('state', 'meta'))
-    self.best = ocp.CheckpointManager(
-        workdir / 'best',
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-        item_names=('params', 'meta'))
+    self.latest = ocp.CheckpointManager(workdir / 'checkpoints', options=_options('latest', keep),
+                                        item_names=('state', 'meta'))
+    self.best = ocp.CheckpointManager(workdir / 'best', options=_options('best', 1), item_names=('params', 'meta'))
 
   def save(self, state, meta: dict) -> None:
     # `meta` may name a best checkpoint: it must be complete before a checkpoint that relies on it can be.
