@@ -104,7 +104,7 @@ def main(argv):
     # Only now: their modules create arrays, which starts JAX on this process alone.
     from ssmae_jax import inference, train
     if mode == 'train':
-      train.train_and_evaluate(config, workdir)
+      train.train(config, workdir)
     elif mode == 'eval':
       inference.evaluate(config, workdir, flags.FLAGS.checkpoint)
     elif mode == 'reconstruct':

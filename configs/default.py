@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   # classification target, labeled and pseudo-labeled (0: none).
   c.gate_min_confident = Int(0, min=0)
   c.label_smoothing = Float(0.0, min=0, below=1)
+  # Not in the paper: first this many steps of MAE pre-training (method mae_pretrain, same data and schedule) in
+  # WORKDIR/pretrain, then the run starts from its encoder and decoder, as from config.init_from. 0: none.
+  c.pretrain_steps = Int(0, min=0)
 
   # Optimisation.
   # An epoch is num_labeled_train // labeled_batch_size steps. 0: num_steps alone sets the length.

@@ -243,9 +243,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _check_rules(config: ml_collections.ConfigDict) -> None:
   method = methods.get(config.method)
-  if method.needs_init_from and not config.init_from:
-    raise UserError(f'config.method={config.method} needs config.init_from: the workdir of the run to start from '
-                    '(e.g. an mae_pretrain run).')
+  if config.pretrain_steps and not method.classifies:
+    raise UserError(f'config.pretrain_steps={config.pretrain_steps} pre-trains the encoder of a classifier, and '
+                    f'config.method={config.method} trains none: set it to 0.')
+  if config.pretrain_steps and config.init_from:
+    raise UserError(f'config.pretrain_steps={config.pretrain_steps} and config.init_from both give the run its '
+                    'starting encoder: set one of them.')
+  if method.needs_init_from and not (config.init_from or config.pretrain_steps):
+    raise UserError(f'config.method={config.method} needs config.init_from (the workdir of the run to start from, '
+                    'e.g. an mae_pretrain run) or config.pretrain_steps (pre-train in this run first).')
   m = config.model
   if config.image_size % m.patch_size:
     raise UserError(f'config.image_size={config.image_size} is not divisible by config.model.patch_size='

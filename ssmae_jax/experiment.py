@@ -84,6 +84,16 @@ def make_mesh(config) -> jax.sharding.Mesh:
   return mesh
 
 
+PRETRAIN_DIR = 'pretrain'  # In the workdir: the MAE pre-training stage of config.pretrain_steps.
+
+
+def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of config.pretrain_steps's stage: the same run as mae_pretrain, for that many steps."""
+  pre = config.copy_and_resolve_references()
+  pre.method, pre.num_steps, pre.pretrain_steps = 'mae_pretrain', config.pretrain_steps, 0
+  return pre
+
+
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Everything a training run needs, in `workdir` (created; its config.json and data.json recorded or checked)."""
   configuration.validate(config)
@@ -100,8 +110,9 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   model = models.from_config(config, splits.num_classes)
   tx = make_optimizer(config, total_steps)
   state = init_state(model, tx, config, len(splits.unlabeled_idx), mesh)
-  if config.init_from:
-    state = state.replace(params=checkpointing.load_pretrained(config.init_from, state.params))
+  init_from = config.init_from or (str(workdir / PRETRAIN_DIR) if config.pretrain_steps else None)
+  if init_from:
+    state = state.replace(params=checkpointing.load_pretrained(init_from, state.params))
   evaluator = evaluation.Evaluator(steps.make_eval_step(model, config, mesh), config, mesh, {
       # Decoded once, not per evaluation: for folder data this reads files.
       'val': (splits.eval_images(splits.val_idx, config.image_size), splits.train_labels[splits.val_idx]),

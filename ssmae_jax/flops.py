@@ -70,8 +70,17 @@ def _kind_flops(config_json: str, kind: str) -> float:
   return work_flops(models.from_config(config, NUM_CLASSES), config, **step_kinds(config)[kind])
 
 
+def pretraining_flops(results: dict) -> float:
+  """Training FLOPs of a run's pre-training stage (config.pretrain_steps); 0 without one."""
+  if 'pretraining' not in results:
+    return 0.0
+  config = dict(results['config'], method='mae_pretrain', pretrain_steps=0)
+  return results['pretraining']['steps'] * _kind_flops(json.dumps(config, sort_keys=True), 'step')
+
+
 def run_flops(results: dict) -> list[float]:
-  """Training FLOPs of a finished run up to each of its evaluations (history records) and, last, to its end.
+  """Training FLOPs of a finished run up to each of its evaluations (history records) and, last, to its end;
+  a pre-training stage's (config.pretrain_steps) come first.
 
   Each epoch's steps count the FLOPs of the step kind its gate record says it took: 'gate_open' while open; with
   the gate closed, 'with_memory' once the sticky memory holds a label (an upper bound: a batch without a
@@ -81,7 +90,7 @@ def run_flops(results: dict) -> list[float]:
   config_json = json.dumps(config, sort_keys=True)
   kinds = step_kinds(ml_collections.ConfigDict(config))
   history = results['history']
-  done, out = 0.0, []
+  done, out = pretraining_flops(results), []
   for record, following in zip(history, history[1:] + [None]):
     out.append(done)
     steps = (following['step'] if following else results['steps']) - record['step']

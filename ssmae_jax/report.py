@@ -128,7 +128,9 @@ def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
   equally loaded cores."""
   groups = grouped(runs)
   for r in runs:
-    r['wall'] = [rec['wall_seconds'] for rec in r['results']['history']] + [r['results']['wall_seconds']]
+    before = r['results'].get('pretraining', {}).get('wall_seconds', 0.0)  # Its pre-training stage comes first.
+    r['wall'] = [before + rec['wall_seconds'] for rec in r['results']['history']] + [
+        before + r['results']['wall_seconds']]
     r['flops'] = flops.run_flops(r['results']) if count_flops else None
   # Each run is read at the budget of the BUDGET_METHOD run of its seed (the same split), else at their mean.
   budgets = {}

@@ -9,7 +9,7 @@ from clu import metric_writers
 import jax
 import numpy as np
 
-from ssmae_jax import augment, configuration, fileio, runtime, visualize
+from ssmae_jax import augment, configuration, experiment, fileio, runtime, visualize
 
 NUM_FIGURE_IMAGES = 8  # Validation images shown in every reconstruction grid (the same ones each time).
 
@@ -165,9 +165,10 @@ class Reporter:
 
 
 def results(exp, log, test_at_best: float | None) -> dict:
-  """results.json: the run's final numbers, its history and its config."""
+  """results.json: the run's final numbers, its history and its config (and its pre-training stage's steps and wall
+  time: config.pretrain_steps)."""
   last = log.history[-1]
-  return dict(
+  out = dict(
       method=exp.config.method,
       dataset=exp.config.dataset,
       label_fraction=exp.config.label_fraction,
@@ -189,6 +190,10 @@ def results(exp, log, test_at_best: float | None) -> dict:
       history=log.history,
       config=configuration.to_dict(exp.config),
   )
+  if exp.config.pretrain_steps:
+    pre = fileio.read_json(exp.workdir / experiment.PRETRAIN_DIR / 'results.json')
+    out['pretraining'] = dict(steps=pre['steps'], wall_seconds=pre['wall_seconds'])
+  return out
 
 
 class Clock:

@@ -12,8 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssmae_jax import checkpointing, experiment as experiment_lib, gate, input_pipeline, predict, reporting
-from ssmae_jax import runtime, sharding, steps
+from ssmae_jax import checkpointing, configuration, experiment as experiment_lib, fileio, gate, input_pipeline
+from ssmae_jax import predict, reporting, runtime, sharding, steps
 from ssmae_jax.run_log import RunLog
 
 PREFETCH_TO_DEVICE = 2
@@ -99,6 +99,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoints.close()
   exp.state = state
   return results
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """main.py's train mode: config.pretrain_steps of MAE pre-training in WORKDIR/pretrain first (if asked; skipped
+  once finished), then `train_and_evaluate`, which starts from it. None if a preemption stopped either stage."""
+  if config.pretrain_steps:
+    configuration.validate(config)  # A mistake in the run's config must not wait for the pre-training to end.
+    experiment_lib.prepare_workdir(fileio.path(workdir), config, record=jax.process_index() == 0)
+    pretrain_dir = fileio.path(workdir) / experiment_lib.PRETRAIN_DIR
+    if not (pretrain_dir / 'results.json').exists():
+      if jax.process_index() == 0:
+        print(f'Pre-training (config.pretrain_steps={config.pretrain_steps}, method mae_pretrain) in {pretrain_dir}; '
+              f'then {config.method} starts from it.', flush=True)
+      if train_and_evaluate(experiment_lib.pretraining_config(config), str(pretrain_dir)) is None:
+        return None
+  return train_and_evaluate(config, workdir)
 
 
 def is_due(count: int, every: int, last: int | None = None) -> bool:

@@ -122,6 +122,8 @@ def test_a_field_the_defaults_do_not_have_is_refused():
     ({'num_epochs': 0}, 'trains nothing'),
     ({'image_size': 30}, 'not divisible by config.model.patch_size=4'),
     ({'method': 'finetune'}, 'needs config.init_from'),
+    ({'pretrain_steps': 5, 'init_from': '/runs/mae'}, 'both give the run its starting encoder'),
+    ({'pretrain_steps': 5, 'method': 'mae_pretrain'}, 'config.method=mae_pretrain trains none'),
 ])
 def test_rules_between_fields(overrides, message):
   config = default.get_config()
@@ -130,6 +132,12 @@ def test_rules_between_fields(overrides, message):
   with pytest.raises(UserError, match=message) as e:
     configuration.validate(config)
   assert '\n' not in str(e.value)
+
+
+def test_a_pretraining_stage_is_what_finetune_needs():
+  config = default.get_config()
+  config.method, config.pretrain_steps = 'finetune', 5
+  configuration.validate(config)
 
 
 def _main(args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -109,3 +109,23 @@ def test_equal_compute_reads_each_run_at_the_budget_of_its_own_split():
   row = next(line for line in report.equal_compute(ssmae + [supervised], count_flops=False).splitlines()
              if '| supervised |' in line)
   assert row.endswith('| 58.00 | 10.00 | 1 |')
+
+
+def test_a_pretraining_stage_counts_before_the_run(monkeypatch):
+  cost = {'step': 2.0, 'labeled_only': 1.0}
+  seen = []
+  monkeypatch.setattr(flops, '_kind_flops', lambda config_json, kind: seen.append(config_json) or cost[kind])
+  results = dict(config=config_for('ssmae', pretrain_steps=30).to_dict(), steps=10,
+                 history=[_record(0), _record(10)], pretraining=dict(steps=30, wall_seconds=50.0))
+  assert flops.run_flops(results) == [60, 70, 70]  # 30 MAE steps at 2, then 10 labeled-only steps at 1.
+  assert '"method": "mae_pretrain"' in seen[0]
+
+  # The equal-compute view: its wall time and FLOPs begin after the stage's 50 s and 60 FLOPs.
+  ssmae = _run('ssmae', 100, 200.0, 0.55, [_record(0, wall=1), _record(100, test=0.55, wall=200)])
+  staged = _run('supervised', 10, 100.0, 0.6, [_record(0, test=0.1, wall=1), _record(5, test=0.5, wall=60),
+                                               _record(10, test=0.6, wall=100)])
+  staged['results']['pretraining'] = dict(steps=30, wall_seconds=120.0)
+  row = next(line for line in report.equal_compute([ssmae, staged], count_flops=False).splitlines()
+             if '| supervised |' in line)
+  # 220 s in all (3.7 min); within SSMAE's 200 s, the last test is the one at 120 + 60 s.
+  assert row.endswith('| 10 | 3.7 | 60.00 | 50.00 | 1 |')

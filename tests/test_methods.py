@@ -99,6 +99,27 @@ class TestPretrainThenFinetune:
     train.train_and_evaluate(finetune.config, finetune_dir, experiment=finetune)
     assert results_of(finetune_dir)['method'] == 'finetune'
 
+  def test_pretrain_steps_runs_this_pipeline_in_one_call(self, pretrained, config_for, tmp_path, capsys):
+    pretrain, pretrain_dir, _ = pretrained
+    workdir = tmp_path / 'staged'
+    config = config_for('finetune', pretrain_steps=pretrain.total_steps, num_steps=2)
+    results = train.train(config, str(workdir))
+    assert f'Pre-training (config.pretrain_steps={pretrain.total_steps}, ' in capsys.readouterr().out
+    # The stage is the mae_pretrain run above (same data, seed and steps), in WORKDIR/pretrain...
+    stage, separate = results_of(workdir / 'pretrain'), results_of(pretrain_dir)
+    assert stage['method'] == 'mae_pretrain' and stage['steps'] == pretrain.total_steps
+    assert [r['train_rec_loss'] for r in stage['history']] == [r['train_rec_loss'] for r in separate['history']]
+    assert results['pretraining'] == dict(steps=pretrain.total_steps, wall_seconds=stage['wall_seconds'])
+    assert results['steps'] == 2 and results['config']['init_from'] is None
+    # ...and the run started from its encoder and decoder, bit for bit.
+    start = experiment.build(config, str(workdir)).state.params
+    for part in ('encoder', 'decoder'):
+      for a, b in zip(jax.tree.leaves(start[part]), jax.tree.leaves(pretrain.state.params[part]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Run again, it finds the stage finished: no second pre-training.
+    train.train(config, str(workdir))
+    assert 'Pre-training' not in capsys.readouterr().out
+
   def test_init_from_a_model_of_another_shape_is_refused(self, pretrained, config_for, tmp_path):
     _, source, _ = pretrained
     other = config_for('finetune', init_from=source)

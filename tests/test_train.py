@@ -245,3 +245,9 @@ def test_summary_table_has_a_row_per_evaluation():
   assert len(rows) == 4
   assert rows[2] == '| 0 | n/a | 50.00% | 75.00% (4) | open | n/a | 7 (3) | 50.00% |'
   assert '| closed |' in rows[3]
+
+
+def test_a_bad_config_stops_before_its_pretraining_stage(tmp_path):
+  with pytest.raises(UserError, match='visible patch'):
+    train.train(tiny_config(pretrain_steps=5, mask_ratio=0.999), str(tmp_path))
+  assert not (tmp_path / 'pretrain').exists()
