@@ -1,6 +1,6 @@
 """The training loop, `train_and_evaluate`: steps, the evaluation and gate decision at each epoch start,
-logging, checkpoints and preemption, read top to bottom. What a run is built from is experiment.py; what it
-writes is reporting.py."""
+logging, checkpoints and preemption, read top to bottom; `train` (main.py's) runs config.pretrain_steps's MAE stage
+before it. What a run is built from is experiment.py; what it writes is reporting.py."""
 
 import collections
 import signal
