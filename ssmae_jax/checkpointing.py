@@ -96,7 +96,8 @@ class Checkpoints:
           print(f'Checkpoint at step {step} in {self.latest.directory} is unreadable ({type(e).__name__}); '
                 'falling back to an earlier one.', flush=True)
         continue
-      return _place_like(state['params'], params_like, f'The checkpoint at step {step} in {self.latest.directory}'), step
+      where = f'The checkpoint at step {step} in {self.latest.directory}'
+      return _place_like(state['params'], params_like, where), step
     return None
 
   def wait(self) -> None:
@@ -121,8 +122,10 @@ def load_pretrained(path: str, fresh_params: dict) -> dict:
   """
   path = fileio.path(path)
   directory = path if path.name == 'checkpoints' else path / 'checkpoints'
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=('state', 'meta')) if directory.is_dir() else None
+  # Read-only, with the two settings it implies spelled out (else orbax warns that it changed them).
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  manager = (ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta'))
+             if directory.is_dir() else None)
   step = manager.latest_step() if manager else None
   if step is None:
     raise UserError(f'config.init_from={path} holds no checkpoint (looked in {directory}): point it at the workdir '

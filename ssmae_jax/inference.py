@@ -62,7 +62,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best
 
 
 def reconstruct(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Reconstruction grid of the latest checkpoint, on the first test images -> WORKDIR/figures/reconstruction_step_N.png."""
+  """Reconstruction grid of the latest checkpoint, on the first test images.
+
+  -> WORKDIR/figures/reconstruction_step_N.png.
+  """
   _require_checkpoints(workdir)
   test = input_pipeline.load_test_split(config)
   if test.images is None:

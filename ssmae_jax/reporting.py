@@ -23,16 +23,63 @@ def pct(x) -> str:
   return 'n/a' if x is None else f'{100 * x:.2f}%'
 
 
-def summary_table(history: list[dict]) -> str:
-  """The run at a glance, one row per evaluation, for the end of the console output."""
-  rows = ['| epoch | train acc | val acc | HCA (n) | gate | test acc | pseudo-labels (new) | precision |',
-          '|---|---|---|---|---|---|---|---|']
-  for r in history:
-    rows.append(f'| {r["epoch"]} | {pct(r["train_labeled_accuracy"])} | {pct(r["val_accuracy"])} | '
-                f'{pct(r["val_hca"])} ({r["val_num_confident"]}) | {"open" if r["gate_open"] else "closed"} | '
-                f'{pct(r["test_accuracy"])} | {r["pseudo_labels_total"]} ({r["pseudo_labels_new"]}) | '
-                f'{pct(r["pseudo_label_precision"])} |')
+def _loss(x) -> str:
+  return 'n/a' if x is None else f'{x:.4f}'
+
+
+def summary_table(history: list[dict], method) -> str:
+  """The run at a glance, one row per evaluation, for the end of the console output; only the columns that
+  `method` (a methods.Method) has."""
+  columns = [('epoch', lambda r: str(r['epoch']))]
+  if method.classifies:
+    columns += [('train acc', lambda r: pct(r['train_labeled_accuracy'])),
+                ('val acc', lambda r: pct(r['val_accuracy']))]
+  else:
+    columns += [('train rec loss', lambda r: _loss(r['train_rec_loss']))]
+  if method.gated:
+    columns += [('HCA (n)', lambda r: f'{pct(r["val_hca"])} ({r["val_num_confident"]})'),
+                ('gate', lambda r: 'open' if r['gate_open'] else 'closed')]
+  if method.classifies:
+    columns += [('test acc', lambda r: pct(r['test_accuracy']))]
+  if method.gated:
+    columns += [('pseudo-labels (new)', lambda r: f'{r["pseudo_labels_total"]} ({r["pseudo_labels_new"]})'),
+                ('precision', lambda r: pct(r['pseudo_label_precision']))]
+  rows = ['| ' + ' | '.join(name for name, _ in columns) + ' |', '|' + '---|' * len(columns)]
+  rows += ['| ' + ' | '.join(cell(r) for _, cell in columns) + ' |' for r in history]
   return '\n'.join(rows)
+
+
+def epoch_line(method, record: dict, final: bool) -> str:
+  """The console line of an evaluation `record`: only what `method` (a methods.Method) has."""
+  r = record
+  parts = [f'epoch {r["epoch"]}{" (final)" if final else ""}']
+  if method.classifies:
+    parts.append(f'val acc {pct(r["val_accuracy"])}')
+  else:
+    parts.append(f'train rec loss {_loss(r["train_rec_loss"])}')
+  if method.gated:
+    parts += [f'HCA {pct(r["val_hca"])} ({r["val_num_confident"]} confident)',
+              f'gate {"open" if r["gate_open"] else "closed"}']
+  if method.classifies:
+    parts.append(f'test acc {pct(r["test_accuracy"])}')
+  if method.gated:
+    parts.append(f'pseudo-labels {r["pseudo_labels_total"]} (+{r["pseudo_labels_new"]}, precision '
+                 f'{pct(r["pseudo_label_precision"])})')
+  return ' | '.join(parts)
+
+
+def done_line(method, results: dict) -> str:
+  """The last console line of a run: its results (results.json), only what `method` has."""
+  r = results
+  if not method.classifies:
+    return (f'Done: {r["steps"]} steps, train reconstruction loss {_loss(r["history"][-1]["train_rec_loss"])}; '
+            f'{fmt_time(r["wall_seconds"])}.')
+  line = (f'Done: test accuracy {pct(r["test_accuracy"])} (at best validation: {pct(r["test_accuracy_at_best_val"])}), '
+          f'best validation {pct(r["best_val_accuracy"])}')
+  if method.gated:
+    line += (f', {r["pseudo_labels_total"]} pseudo-labels (precision {pct(r["pseudo_label_precision"])}), '
+             f'gate opened at epoch {r["gate_opened_at_epoch"]}')
+  return line + f'; {fmt_time(r["wall_seconds"])}.'
 
 
 def figure_images(splits, image_size: int) -> np.ndarray:
@@ -59,6 +106,19 @@ def _flatten(d: dict, prefix: str = '') -> dict:
     else:
       out[prefix + k] = v
   return out
+
+
+def window_line(method, done: int, total: int, steps_per_epoch: int, means: dict) -> str:
+  """The console line of a logging window: only the terms `method` (a methods.Method) trains."""
+  terms = f' (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f})' if method.weighs_terms else ''
+  line = f'step {done}/{total} | epoch {done / steps_per_epoch:.2f} | loss {means["loss"]:.4f}{terms} | '
+  if method.classifies:
+    line += f'train acc {100 * means["labeled_accuracy"]:.1f}% | '
+  if method.gated:
+    line += f'unlabeled used/step {means["unlabeled_used"]:.1f} | '
+  line += f'{means["steps_per_sec"]:.2f} steps/s | ETA {fmt_time((total - done) / means["steps_per_sec"])}'
+  skipped = means['skipped_steps']
+  return line + (f' | {skipped} non-finite steps skipped' if skipped else '')
 
 
 class Reporter:
@@ -97,14 +157,7 @@ class Reporter:
   def window(self, done: int, means: dict, learning_rate: float) -> None:
     """A logging window's per-step means (and 'skipped_steps', 'steps_per_sec'), at step `done`."""
     self.writer.write_scalars(done, {f'train/{k}': v for k, v in dict(means, learning_rate=learning_rate).items()})
-    total = self.exp.total_steps
-    skipped = means['skipped_steps']
-    eta = (total - done) / means['steps_per_sec']
-    self.print(f'step {done}/{total} | epoch {done / self.exp.steps_per_epoch:.2f} | '
-               f'loss {means["loss"]:.4f} (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f}) | '
-               f'train acc {100 * means["labeled_accuracy"]:.1f}% | unlabeled used/step '
-               f'{means["unlabeled_used"]:.1f} | {means["steps_per_sec"]:.2f} steps/s | ETA {fmt_time(eta)}'
-               + (f' | {skipped} non-finite steps skipped' if skipped else ''))
+    self.print(window_line(self.exp.method, done, self.exp.total_steps, self.exp.steps_per_epoch, means))
 
   def epoch(self, record: dict, log, params, final: bool) -> None:
     """An evaluation's record: TensorBoard, the reconstruction grid of `params`, history.json, one console line."""
@@ -115,11 +168,7 @@ class Reporter:
                                  self.figures_dir / f'reconstruction_epoch_{record["epoch"]:03d}.png', self.is_main)
     self.writer.write_images(step, {'reconstruction': grid[None]})
     self._write_history(log)
-    self.print(f'epoch {record["epoch"]}{" (final)" if final else ""} | val acc {pct(record["val_accuracy"])} | '
-               f'HCA {pct(record["val_hca"])} ({record["val_num_confident"]} confident) | '
-               f'gate {"open" if record["gate_open"] else "closed"} | test acc {pct(record["test_accuracy"])} | '
-               f'pseudo-labels {record["pseudo_labels_total"]} (+{record["pseudo_labels_new"]}, precision '
-               f'{pct(record["pseudo_label_precision"])})')
+    self.print(epoch_line(self.exp.method, record, final))
 
   def profile(self, first: int, last: int, path: str) -> None:
     self.print(f'Profiler trace of steps {first}-{last} in {path} (TensorBoard: Profile tab).')
@@ -135,13 +184,8 @@ class Reporter:
     if self.is_main:
       visualize.plot_history(visualize.load_history(self.workdir), self.figures_dir)
       fileio.write_json(self.workdir / 'results.json', results, indent=2)
-    self.print(summary_table(log.history))
-    self.print('Done: test accuracy {} (at best validation: {}), best validation {}, {} pseudo-labels (precision {}), '
-               'gate opened at epoch {}; {}.'.format(
-                   pct(results['test_accuracy']), pct(results['test_accuracy_at_best_val']),
-                   pct(results['best_val_accuracy']), results['pseudo_labels_total'],
-                   pct(results['pseudo_label_precision']), results['gate_opened_at_epoch'],
-                   fmt_time(results['wall_seconds'])))
+    self.print(summary_table(log.history, self.exp.method))
+    self.print(done_line(self.exp.method, results))
 
   def _write_history(self, log) -> None:
     """WORKDIR/history.json, rewritten at every epoch: what the plots of a running or finished run read."""

@@ -137,7 +137,8 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
   if not final:
     state = state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(exp.mesh)))
     log.note_gate(epoch, is_open)
-  test = exp.evaluate(state.params, 'test') if classifies and (final or is_due(epoch, config.test_every_epochs)) else None
+  test_due = classifies and (final or is_due(epoch, config.test_every_epochs))
+  test = exp.evaluate(state.params, 'test') if test_due else None
   memory = gate.memory_summary(np.asarray(jax.device_get(state.pseudo_labels)),
                                experiment_lib.hidden_labels(exp.splits), exp.splits.num_classes)
   record = dict(epoch=epoch, step=int(state.step), val_accuracy=val.accuracy if val else None, val_hca=hca,

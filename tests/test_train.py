@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from ssmae_jax import checkpointing, experiment, inference, reporting, train
+from ssmae_jax import checkpointing, experiment, inference, methods, reporting, train
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,11 +240,45 @@ def test_reconstruct_and_plots_on_an_empty_workdir_are_clear(tmp_path):
 def test_summary_table_has_a_row_per_evaluation():
   record = dict(epoch=0, train_labeled_accuracy=None, val_accuracy=0.5, val_hca=0.75, val_num_confident=4,
                 gate_open=True, test_accuracy=None, pseudo_labels_total=7, pseudo_labels_new=3,
-                pseudo_label_precision=0.5)
-  rows = reporting.summary_table([record, dict(record, epoch=1, gate_open=False)]).splitlines()
+                pseudo_label_precision=0.5, train_rec_loss=0.25)
+  rows = reporting.summary_table([record, dict(record, epoch=1, gate_open=False)], methods.get('ssmae')).splitlines()
   assert len(rows) == 4
   assert rows[2] == '| 0 | n/a | 50.00% | 75.00% (4) | open | n/a | 7 (3) | 50.00% |'
   assert '| closed |' in rows[3]
+  # Only the columns a method has: no accuracy, gate or pseudo-labels for MAE pre-training, no gate for supervised.
+  assert reporting.summary_table([record], methods.get('mae_pretrain')).splitlines()[::2] == [
+      '| epoch | train rec loss |', '| 0 | 0.2500 |']
+  assert reporting.summary_table([record], methods.get('supervised')).splitlines()[0] == (
+      '| epoch | train acc | val acc | test acc |')
+
+
+def test_console_lines_show_only_what_the_method_has():
+  record = dict(epoch=3, train_labeled_accuracy=0.5, val_accuracy=0.5, val_hca=0.75, val_num_confident=4,
+                gate_open=True, test_accuracy=0.25, pseudo_labels_total=7, pseudo_labels_new=3,
+                pseudo_label_precision=0.5, train_rec_loss=0.25)
+  line = lambda name, final=False: reporting.epoch_line(methods.get(name), record, final)
+  assert line('ssmae', final=True) == ('epoch 3 (final) | val acc 50.00% | HCA 75.00% (4 confident) | gate open | '
+                                       'test acc 25.00% | pseudo-labels 7 (+3, precision 50.00%)')
+  assert line('mae_pretrain') == 'epoch 3 | train rec loss 0.2500'
+  assert line('finetune') == 'epoch 3 | val acc 50.00% | test acc 25.00%'
+  results = dict(test_accuracy=0.25, test_accuracy_at_best_val=0.5, best_val_accuracy=0.5, pseudo_labels_total=7,
+                 pseudo_label_precision=0.5, gate_opened_at_epoch=2, wall_seconds=65, steps=10, history=[record])
+  done = lambda name: reporting.done_line(methods.get(name), results)
+  assert done('ssmae') == ('Done: test accuracy 25.00% (at best validation: 50.00%), best validation 50.00%, '
+                           '7 pseudo-labels (precision 50.00%), gate opened at epoch 2; 1m05s.')
+  assert done('supervised') == 'Done: test accuracy 25.00% (at best validation: 50.00%), best validation 50.00%; 1m05s.'
+  assert done('mae_pretrain') == 'Done: 10 steps, train reconstruction loss 0.2500; 1m05s.'
+
+
+def test_the_progress_line_shows_only_what_the_method_trains():
+  means = dict(loss=1.5, rec_loss=1.0, cls_loss=0.5, labeled_accuracy=0.25, unlabeled_used=3.0, steps_per_sec=2.0,
+               skipped_steps=0)
+  line = lambda name, **kw: reporting.window_line(methods.get(name), 10, 30, 5, dict(means, **kw))
+  assert line('ssmae') == ('step 10/30 | epoch 2.00 | loss 1.5000 (rec 1.0000, cls 0.5000) | train acc 25.0% | '
+                           'unlabeled used/step 3.0 | 2.00 steps/s | ETA 0m10s')
+  assert line('mae_pretrain') == 'step 10/30 | epoch 2.00 | loss 1.5000 | 2.00 steps/s | ETA 0m10s'
+  assert line('supervised') == 'step 10/30 | epoch 2.00 | loss 1.5000 | train acc 25.0% | 2.00 steps/s | ETA 0m10s'
+  assert line('finetune', skipped_steps=2).endswith(' | 2 non-finite steps skipped')
 
 
 def test_a_bad_config_stops_before_its_pretraining_stage(tmp_path):
