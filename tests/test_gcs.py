@@ -168,6 +168,7 @@ def test_a_bucket_workdir_holds_the_whole_run_and_nothing_is_local(finished, buc
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_first_checkpoint_resumes_from_the_bucket(finished, env, bucket):
   workdir = f'gs://{BUCKET}/runs/killed'
   proc = _start(workdir, env)
@@ -253,6 +254,7 @@ def test_a_folder_dataset_in_the_bucket_trains(in_process, bucket):
   assert len(rows) == 1 + 12 and rows[1].startswith(f'gs://{BUCKET}/{root}/unlabeled/part/img12.png,')
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_bucket_workdir(finished, env, bucket):
   workdir = f'gs://{BUCKET}/runs/two'
   port = _free_port()
