@@ -5,10 +5,12 @@ fraction, and prints a markdown table of test accuracy (mean ± std over seeds, 
 Runs of one group whose configs differ in more than the seed (another tau, another number of steps...) are not
 averaged together: each variant gets its own row, named by the config fields that set it apart.
 A WORKDIR may also be a results.json file itself (e.g. the copies in docs/results/). With --equal_compute a second
-table gives each row's steps, wall time and training FLOPs, and its test accuracy at SSMAE's budget (`equal_compute`).
+table gives each row's steps, wall time and training FLOPs, and its test accuracy at SSMAE's budget (`equal_compute`):
+that of the SSMAE row with the most runs, named below the table where there are several.
 """
 
 import collections
+import importlib
 import json
 import statistics
 import sys
@@ -29,7 +31,8 @@ RUN_FOLDERS = ('checkpoints', 'best', 'figures', 'compilation_cache', 'profile')
 METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
 BUDGET_METHOD = 'ssmae'  # The equal-compute view reads the other rows at this method's wall time and FLOPs.
 # Fields that say where or how a run was kept, not what it learned; seeds and splits are what a row averages over.
-NOT_A_VARIANT = ('seed', 'split_seed', 'data_dir', 'init_from', 'labeled_dir', 'unlabeled_dir', 'test_dir',
+# (init_from counts only as set or not: which run a row started from is a path.)
+NOT_A_VARIANT = ('seed', 'split_seed', 'data_dir', 'labeled_dir', 'unlabeled_dir', 'test_dir',
                  *configuration.RESUME_SAFE_FIELDS)
 
 
@@ -39,7 +42,7 @@ def _flatten(d: dict, prefix: str = '') -> dict:
     if isinstance(v, dict):
       out.update(_flatten(v, f'{prefix}{k}.'))
     else:
-      out[prefix + k] = json.dumps(v) if isinstance(v, list) else v
+      out[prefix + k] = json.dumps(v) if isinstance(v, (list, tuple)) else v
   return out
 
 
@@ -58,6 +61,19 @@ def find_results(paths: list[str]) -> list[str]:
   return found
 
 
+def _config(results: dict) -> dict:
+  """A run's flattened config, the fields that name no variant left out. A declared field missing from an older
+  results.json did not exist when the run was made, so the run did what its default does (every field added since
+  is off by default): it counts as that default, and a new field does not split old runs from new ones."""
+  config = _flatten(results.get('config', {}))
+  if config:
+    defaults = dict(configuration.fields(importlib.import_module('configs.default').get_config()))
+    config = {**_flatten(defaults), **config}  # Dotted names already: flattening only encodes tuples.
+  if 'init_from' in config:
+    config['init_from'] = bool(config['init_from'])
+  return {k: v for k, v in config.items() if k not in NOT_A_VARIANT}
+
+
 def load(paths: list[str]) -> list[dict]:
   runs = []
   for path in find_results(paths):
@@ -65,8 +81,7 @@ def load(paths: list[str]) -> list[dict]:
     if r.get('test_accuracy') is None:
       continue
     runs.append(dict(dataset=r['dataset'], method=r.get('method', 'ssmae'), label_fraction=r['label_fraction'],
-                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path,
-                     config={k: v for k, v in _flatten(r.get('config', {})).items() if k not in NOT_A_VARIANT},
+                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path, config=_config(r),
                      results=r))
   return runs
 
@@ -132,14 +147,20 @@ def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
     r['wall'] = [before + rec['wall_seconds'] for rec in r['results']['history']] + [
         before + r['results']['wall_seconds']]
     r['flops'] = flops.run_flops(r['results']) if count_flops else None
-  # Each run is read at the budget of the BUDGET_METHOD run of its seed (the same split), else at their mean.
+  # Each run is read at the budget of the BUDGET_METHOD run of its seed (the same split), else at their mean. Of
+  # several BUDGET_METHOD rows the one with the most runs sets it (the recipe run on every split; ties: the first).
+  budget_rows = {}
+  for key, members in groups.items():
+    dataset, method, fraction, _ = key
+    if method == BUDGET_METHOD and len(members) > len(groups.get(budget_rows.get((dataset, fraction)), [])):
+      budget_rows[(dataset, fraction)] = key
   budgets = {}
-  for (dataset, method, fraction, _), members in groups.items():
-    if method == BUDGET_METHOD and (dataset, fraction) not in budgets:  # Its first row: the default variant.
-      spent = {r['seed']: (r['wall'][-1], r['flops'][-1] if count_flops else None) for r in members}
-      spent[None] = (statistics.fmean(r['wall'][-1] for r in members),
-                     statistics.fmean(r['flops'][-1] for r in members) if count_flops else None)
-      budgets[(dataset, fraction)] = spent
+  for setting, key in budget_rows.items():
+    members = groups[key]
+    spent = {r['seed']: (r['wall'][-1], r['flops'][-1] if count_flops else None) for r in members}
+    spent[None] = (statistics.fmean(r['wall'][-1] for r in members),
+                   statistics.fmean(r['flops'][-1] for r in members) if count_flops else None)
+    budgets[setting] = spent
 
   def budget(run, which: int) -> float | None:
     spent = budgets.get((run['dataset'], round(run['label_fraction'], 4)))
@@ -169,6 +190,9 @@ def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
       row.append(mean_of([at_budget(r['results'], r['flops'], budget(r, 1)) for r in members if budget(r, 1)]))
     row.append(str(len(members)))
     lines.append('| ' + ' | '.join(row) + ' |')
+  for (dataset, fraction), key in budget_rows.items():
+    if sum(k[:3] == key[:3] for k in groups) > 1:  # Say which of several rows is the budget.
+      lines.append(f'\n{dataset}, {100 * fraction:g}% labels: SSMAE\'s budget is the row {key[3]}.')
   return '\n'.join(lines)
 
 

@@ -129,3 +129,19 @@ def test_a_pretraining_stage_counts_before_the_run(monkeypatch):
              if '| supervised |' in line)
   # 220 s in all (3.7 min); within SSMAE's 200 s, the last test is the one at 120 + 60 s.
   assert row.endswith('| 10 | 3.7 | 60.00 | 50.00 | 1 |')
+
+
+def test_of_several_ssmae_rows_the_one_with_the_most_runs_sets_the_budget():
+  def ssmae(seed, wall, steps):
+    run = _run('ssmae', steps, wall, 0.5, [_record(0, wall=1), _record(steps, test=0.5, wall=wall)])
+    run['seed'] = run['results']['seed'] = seed
+    run['config'] = {'num_steps': steps}
+    return run
+  recipe = [ssmae(0, 100.0, 40), ssmae(1, 100.0, 40)]  # Two splits: the recipe.
+  single = ssmae(0, 30.0, 10)  # One split, first in row order, far cheaper.
+  supervised = _run('supervised', 400, 300.0, 0.58, [
+      _record(0, test=0.1, wall=1), _record(100, test=0.45, wall=60), _record(400, test=0.58, wall=300)])
+  lines = report.equal_compute([single, *recipe, supervised], count_flops=False).splitlines()
+  row = next(line for line in lines if '| supervised |' in line)
+  assert row.endswith('| 58.00 | 45.00 | 1 |')  # Read at the recipe's 100 s (the test at 60 s), not at 30 s.
+  assert lines[-1] == "cifar10, 10% labels: SSMAE's budget is the row num_steps=40."

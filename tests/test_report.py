@@ -49,6 +49,26 @@ def test_runs_of_different_configs_are_rows_of_their_own(tmp_path, capsys):
   ]  # Variants in the order of their names.
 
 
+def test_a_field_missing_from_an_older_run_counts_as_its_default(tmp_path, capsys):
+  base = dict(dataset='cifar10', method='ssmae', label_fraction=0.1)
+  # Made before pretrain_steps and gate_min_confident existed, and after, with their defaults: one row of 2 runs.
+  write(tmp_path / 'old', **base, seed=0, test_accuracy=0.50, config=dict(seed=0, tau=0.85, init_from=''))
+  write(tmp_path / 'new', **base, seed=1, test_accuracy=0.52,
+        config=dict(seed=1, tau=0.85, init_from='', pretrain_steps=0, gate_min_confident=0))
+  write(tmp_path / 'staged', **base, seed=0, test_accuracy=0.60, config=dict(seed=0, tau=0.85, pretrain_steps=10))
+  # Which run another started from is a path: it names a variant only as set or not.
+  write(tmp_path / 'init', **base, seed=0, test_accuracy=0.70, config=dict(seed=0, tau=0.85, init_from='/runs/mae'))
+
+  assert report.main([str(tmp_path)]) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith('| cifar')]
+  std = statistics.stdev([50.0, 52.0])
+  assert rows == [
+      f'| cifar10 | ssmae | 10% | init_from=False, pretrain_steps=0 | 51.00 ± {std:.2f} | 2 | 56.80 |',
+      '| cifar10 | ssmae | 10% | init_from=False, pretrain_steps=10 | 60.00 ± 0.00 | 1 | 56.80 |',
+      '| cifar10 | ssmae | 10% | init_from=True, pretrain_steps=0 | 70.00 ± 0.00 | 1 | 56.80 |',
+  ]
+
+
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
   assert report.main([str(tmp_path)]) == 2
   assert 'no finished run' in capsys.readouterr().err
@@ -73,6 +93,8 @@ def test_table_launcher_orders_runs_and_feeds_finetune_the_pretrained_run(tmp_pa
   for flag in ('--config.labeled_batch_size=32', '--config.num_epochs=100', '--config.optimizer.schedule=cosine'):
     assert flag in out[1] and flag not in out[2] and out[1].index(flag) < out[1].index('--config.num_steps=7')
   assert all(l.endswith('--config.num_steps=7') for l in out)  # Extra arguments reach every run, last.
+  # The paper's two stages are runs of their own: a config's pre-training stage (cifar10_cpu.py's) is off for them.
+  assert ['--config.pretrain_steps=0' in l for l in out] == [True, True, False, True]
   # A seed is a new split as well as a new initialisation.
   assert all('--config.seed=0' in l and '--config.split_seed=0' in l for l in out)
 
