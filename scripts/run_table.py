@@ -8,7 +8,9 @@ table resumes where it stopped (finished runs are skipped, a half-done one resum
 A seed is a fresh split and a fresh initialisation: it sets both `config.seed` and `config.split_seed`, so the
 rows' ± is over different labeled / validation sets, as a new user would meet them.
 `finetune` starts from the `mae_pretrain` run of the same seed (pre-training uses all images, so it does not
-depend on the label fraction and runs once per seed). Arguments after `--` go to every run.
+depend on the label fraction and runs once per seed); both rows set `config.pretrain_steps=0`, since they are the
+two stages themselves (`configs/cifar10_cpu.py` pre-trains inside its ssmae and supervised runs). Arguments after
+`--` go to every run.
 Rows at another budget (supervised at SSMAE's wall time or FLOPs, MAE pre-training + fine-tuning at SSMAE's total)
 take a --tag and their own arguments after --, e.g.
   ... --methods=supervised --tag=steps24000 -- --config.num_steps=24000
@@ -74,6 +76,8 @@ def main() -> int:
                f'--config.split_seed={seed}']
     if fraction is not None:
       command.append(f'--config.label_fraction={fraction}')
+    if method in ('mae_pretrain', 'finetune'):  # The paper's two stages, as separate runs: no stage of their own.
+      command.append('--config.pretrain_steps=0')
     if method == 'finetune':  # The paper's fine-tuning recipe; arguments after -- still override it.
       command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed, args.tag)}',
                   '--config.labeled_batch_size=32', '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
