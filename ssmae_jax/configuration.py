@@ -245,10 +245,10 @@ def _check_rules(config: ml_collections.ConfigDict) -> None:
   method = methods.get(config.method)
   if config.pretrain_steps and not method.classifies:
     raise UserError(f'config.pretrain_steps={config.pretrain_steps} pre-trains the encoder of a classifier, and '
-                    f'config.method={config.method} trains none: set it to 0.')
+                    f'config.method={config.method} trains none: add --config.pretrain_steps=0.')
   if config.pretrain_steps and config.init_from:
     raise UserError(f'config.pretrain_steps={config.pretrain_steps} and config.init_from both give the run its '
-                    'starting encoder: set one of them.')
+                    'starting encoder: set one of them (--config.pretrain_steps=0 starts from init_from).')
   if method.needs_init_from and not (config.init_from or config.pretrain_steps):
     raise UserError(f'config.method={config.method} needs config.init_from (the workdir of the run to start from, '
                     'e.g. an mae_pretrain run) or config.pretrain_steps (pre-train in this run first).')

@@ -122,8 +122,9 @@ def test_a_field_the_defaults_do_not_have_is_refused():
     ({'num_epochs': 0}, 'trains nothing'),
     ({'image_size': 30}, 'not divisible by config.model.patch_size=4'),
     ({'method': 'finetune'}, 'needs config.init_from'),
-    ({'pretrain_steps': 5, 'init_from': '/runs/mae'}, 'both give the run its starting encoder'),
-    ({'pretrain_steps': 5, 'method': 'mae_pretrain'}, 'config.method=mae_pretrain trains none'),
+    ({'pretrain_steps': 5, 'init_from': '/runs/mae'},
+     r'both give the run its starting encoder: set one of them \(--config.pretrain_steps=0 starts from init_from\)'),
+    ({'pretrain_steps': 5, 'method': 'mae_pretrain'}, 'mae_pretrain trains none: add --config.pretrain_steps=0.'),
 ])
 def test_rules_between_fields(overrides, message):
   config = default.get_config()
