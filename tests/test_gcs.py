@@ -230,6 +230,16 @@ def test_init_from_a_bucket_run(finished, in_process, bucket, capsys):
   assert _read_json(bucket, f'{workdir}/config.json')['init_from'] == finished
 
 
+def test_a_pretraining_stage_in_a_bucket_workdir(in_process, bucket, capsys):
+  workdir = f'gs://{BUCKET}/runs/staged'
+  in_process.update(pretrain_steps=3, num_steps=3)
+  train.train(in_process, workdir)  # main.py's train mode: the MAE stage in WORKDIR/pretrain, then SSMAE from it.
+  assert 'Done:' in capsys.readouterr().out
+  assert _read_json(bucket, f'{workdir}/pretrain/results.json')['method'] == 'mae_pretrain'
+  assert _read_json(bucket, f'{workdir}/results.json')['pretraining']['steps'] == 3
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))
+
+
 def test_a_folder_dataset_in_the_bucket_trains(in_process, bucket):
   from PIL import Image
   rng = np.random.default_rng(0)
