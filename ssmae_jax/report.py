@@ -61,28 +61,29 @@ def find_results(paths: list[str]) -> list[str]:
   return found
 
 
-def _config(results: dict) -> dict:
+def _config(results: dict, defaults: dict) -> dict:
   """A run's flattened config, the fields that name no variant left out. A declared field missing from an older
   results.json did not exist when the run was made, so the run did what its default does (every field added since
   is off by default): it counts as that default, and a new field does not split old runs from new ones."""
   config = _flatten(results.get('config', {}))
   if config:
-    defaults = dict(configuration.fields(importlib.import_module('configs.default').get_config()))
-    config = {**_flatten(defaults), **config}  # Dotted names already: flattening only encodes tuples.
+    config = {**defaults, **config}
   if 'init_from' in config:
     config['init_from'] = bool(config['init_from'])
   return {k: v for k, v in config.items() if k not in NOT_A_VARIANT}
 
 
 def load(paths: list[str]) -> list[dict]:
+  # configs/default.py's values, flattened (the names are dotted already: flattening only encodes tuples).
+  defaults = _flatten(dict(configuration.fields(importlib.import_module('configs.default').get_config())))
   runs = []
   for path in find_results(paths):
     r = fileio.read_json(path)
     if r.get('test_accuracy') is None:
       continue
     runs.append(dict(dataset=r['dataset'], method=r.get('method', 'ssmae'), label_fraction=r['label_fraction'],
-                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path, config=_config(r),
-                     results=r))
+                     seed=r.get('seed'), test_accuracy=100 * r['test_accuracy'], path=path,
+                     config=_config(r, defaults), results=r))
   return runs
 
 
