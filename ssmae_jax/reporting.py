@@ -108,6 +108,16 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   return out
 
 
+def start_line(method, total: int, epochs: int, steps_per_epoch: int, sizes: tuple[int, int, int],
+               devices: int) -> str:
+  """The run's first line: its length and the data the method reads ((labeled, validation, unlabeled) `sizes`)."""
+  labeled, val, unlabeled = sizes
+  data = ([f'{labeled} labeled'] if method.uses_labeled else []) + ([f'{val} validation'] if method.classifies else [])
+  if method.uses_unlabeled:
+    data.append(f'{unlabeled} unlabeled' + ('' if method.uses_labeled else ' (labels not read)'))
+  return f'{total} steps ({epochs} epochs of {steps_per_epoch}), {", ".join(data)}, {devices} devices.'
+
+
 def window_line(method, done: int, total: int, steps_per_epoch: int, means: dict) -> str:
   """The console line of a logging window: only the terms `method` (a methods.Method) trains."""
   terms = f' (rec {means["rec_loss"]:.4f}, cls {means["cls_loss"]:.4f})' if method.weighs_terms else ''
@@ -144,9 +154,8 @@ class Reporter:
       self.writer.write_hparams({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))})
     else:
       self.print(f'Resuming from step {start_step} in {self.workdir}.')
-    self.print(f'{exp.total_steps} steps ({exp.num_epochs} epochs of {exp.steps_per_epoch}), '
-               f'{len(exp.splits.labeled_idx)} labeled, {len(exp.splits.val_idx)} validation, '
-               f'{exp.pool_size} unlabeled, {jax.device_count()} devices.')
+    self.print(start_line(exp.method, exp.total_steps, exp.num_epochs, exp.steps_per_epoch,
+                          (len(exp.splits.labeled_idx), len(exp.splits.val_idx), exp.pool_size), jax.device_count()))
 
   def first_step(self, seconds: float) -> None:
     stats = runtime.cache_stats()

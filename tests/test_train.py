@@ -270,6 +270,13 @@ def test_console_lines_show_only_what_the_method_has():
   assert done('mae_pretrain') == 'Done: 10 steps, train reconstruction loss 0.2500; 1m05s.'
 
 
+def test_the_start_line_names_only_the_data_the_method_reads():
+  line = lambda name: reporting.start_line(methods.get(name), 30, 6, 5, (450, 50, 4950), 2)
+  assert line('ssmae') == '30 steps (6 epochs of 5), 450 labeled, 50 validation, 4950 unlabeled, 2 devices.'
+  assert line('supervised') == line('finetune') == '30 steps (6 epochs of 5), 450 labeled, 50 validation, 2 devices.'
+  assert line('mae_pretrain') == '30 steps (6 epochs of 5), 4950 unlabeled (labels not read), 2 devices.'
+
+
 def test_the_progress_line_shows_only_what_the_method_trains():
   means = dict(loss=1.5, rec_loss=1.0, cls_loss=0.5, labeled_accuracy=0.25, unlabeled_used=3.0, steps_per_sec=2.0,
                skipped_steps=0)
