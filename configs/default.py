@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
   # classification target, labeled and pseudo-labeled (0: none).
   c.gate_min_confident = Int(0, min=0)
   c.label_smoothing = Float(0.0, min=0, below=1)
+  # Not in the paper: the unlabeled view that L_cls trains on. 'weak' (the paper: a confident prediction trains the
+  # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
+  # selection rule and the same FLOPs either way.
+  c.pseudo_label_view = OneOf('weak', gate.PSEUDO_LABEL_VIEWS)
   # Not in the paper: first this many steps of MAE pre-training (method mae_pretrain, same data and schedule) in
   # WORKDIR/pretrain, then the run starts from its encoder and decoder, as from config.init_from. 0: none.
   c.pretrain_steps = Int(0, min=0)

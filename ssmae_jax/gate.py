@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 GATE_MODES = ('dynamic', 'always_open', 'never')
+# The unlabeled view L_cls trains: the paper's weak view, or the strong one (FixMatch's consistency; not in the paper).
+PSEUDO_LABEL_VIEWS = ('weak', 'strong')
 
 
 def high_confidence_counts(logits: jax.Array, labels: jax.Array, valid: jax.Array, confidence: float):

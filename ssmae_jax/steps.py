@@ -56,6 +56,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   require_agreement = config.require_agreement
   sticky = config.sticky
   smoothing = config.label_smoothing
+  train_on_strong = config.pseudo_label_view == 'strong'
   rec_weight, cls_weight = config.rec_weight, config.cls_weight
   base_key = jax.random.key(config.seed)
   size = model.image_size
@@ -69,6 +70,8 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
     y_l = batch['labeled_label']
     x_w = prepare_images(batch['unlabeled_weak'], size)
     x_s = prepare_images(batch['unlabeled_strong'], size)
+    # The view L_cls trains (forward and backward pass), and the other one (forward pass only, for the selection).
+    x_train, x_other = (x_s, x_w) if train_on_strong else (x_w, x_s)
     idx = batch['unlabeled_index']
     num_l, num_u = x_l.shape[0], x_w.shape[0]
 
@@ -92,7 +95,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
 
     def with_memory(params):
       def loss_fn(params):
-        logits = classify(params, jnp.concatenate([x_l, x_w]))
+        logits = classify(params, jnp.concatenate([x_l, x_train]))
         ce_u = losses.cross_entropy(logits[num_l:], memory, smoothing)
         return cls_loss(logits[:num_l], ce_u, remembered), logits[:num_l]
 
@@ -100,12 +103,13 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
       return loss, grads, (logits_l, remembered, nothing_new, memory)
 
     def gate_open(params):
-      # Outside the differentiated function: the strong view gets a forward pass only.
-      probs_s = jax.nn.softmax(classify(params, x_s))
+      # Outside the differentiated function: the view not trained gets a forward pass only.
+      probs_other = jax.nn.softmax(classify(params, x_other))
 
       def loss_fn(params):
-        logits = classify(params, jnp.concatenate([x_l, x_w]))
-        probs_w = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
+        logits = classify(params, jnp.concatenate([x_l, x_train]))
+        probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
+        probs_w, probs_s = (probs_other, probs_train) if train_on_strong else (probs_train, probs_other)
         targets, used, new = gate.select(probs_w, probs_s, memory, tau=tau,
                                          require_agreement=require_agreement, sticky=sticky)
         ce_u = losses.cross_entropy(logits[num_l:], targets, smoothing)

@@ -81,15 +81,15 @@ class Reference:
     self.model, self.config = model, config
     self.classify = jax.jit(lambda p, x: model.apply({'params': p}, x, method=model.classify))
 
-    def loss_fn(params, x_l, y_l, x_w, targets, used, rec_images, ids_keep, mask, ids_restore):
+    def loss_fn(params, x_l, y_l, x_u, targets, used, rec_images, ids_keep, mask, ids_restore):
       pred = model.apply({'params': params}, rec_images, ids_keep, ids_restore, method=model.reconstruct)
       target = masking.patchify(rec_images, model.patch_size)
       per_patch = jnp.mean((pred - target) ** 2, axis=-1)
       rec = jnp.sum(per_patch * mask) / jnp.sum(mask)
       ce_l = -jnp.take_along_axis(jax.nn.log_softmax(model.apply({'params': params}, x_l, method=model.classify)),
                                   y_l[:, None], axis=1)[:, 0]
-      logits_w = model.apply({'params': params}, x_w, method=model.classify)
-      ce_u = -jnp.take_along_axis(jax.nn.log_softmax(logits_w), jnp.maximum(targets, 0)[:, None], axis=1)[:, 0]
+      logits_u = model.apply({'params': params}, x_u, method=model.classify)
+      ce_u = -jnp.take_along_axis(jax.nn.log_softmax(logits_u), jnp.maximum(targets, 0)[:, None], axis=1)[:, 0]
       cls = (jnp.sum(ce_l) + jnp.sum(ce_u * used)) / (L + jnp.sum(used))
       return config.rec_weight * rec + config.cls_weight * cls, (rec, cls)
 
@@ -122,7 +122,7 @@ class Reference:
     ids_keep, mask, ids_restore = masking.random_masking(rng, L + U, self.model.num_patches, c.mask_ratio)
     (loss, (rec, cls)), grads = self.grad(
         params, self.normalize(batch['labeled_image']), jnp.asarray(batch['labeled_label']),
-        self.normalize(batch['unlabeled_weak']), jnp.asarray(targets), jnp.asarray(used, jnp.float32), rec_images,
+        self.normalize(batch[f'unlabeled_{c.pseudo_label_view}']), jnp.asarray(targets), jnp.asarray(used, jnp.float32), rec_images,
         ids_keep, mask, ids_restore)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -186,6 +186,10 @@ class Setup:
     self.mesh = mesh or one_device_mesh()
     self.counting_model = CountingModel(self.model)
     self.train_step = steps.make_train_step(self.counting_model, self.tx, self.config, self.mesh)
+    # config.pseudo_label_view='strong' (not in the paper): the same selection, L_cls on the strong view.
+    self.strong_config = tiny_config(tau=self.config.tau, pseudo_label_view='strong')
+    self.strong_reference = Reference(self.model, self.strong_config)
+    self.strong_train_step = steps.make_train_step(self.model, self.tx, self.strong_config, self.mesh)
 
   def device_batch(self, batch=None):
     return jax.device_put(batch if batch is not None else self.batch, sharding.data_sharded(self.mesh))
@@ -224,16 +228,18 @@ def _assert_trees_close(got, want, rtol, atol):
 # --- the fast step equals the reference ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize('view', ['weak', 'strong'])
 @pytest.mark.parametrize('case', ['closed_empty_memory', 'closed_with_memory', 'open_some_accepted'])
-def test_step_matches_reference(setup, case):
+def test_step_matches_reference(setup, case, view):
   s = setup
   memory = np.full(POOL, -1, np.int32) if case == 'closed_empty_memory' else s.memory
   gate_open = case == 'open_some_accepted'
   state = make_state(s.params, s.tx, s.mesh, memory, gate_open)
-  new_state, metrics = s.train_step(state, s.device_batch())
+  train_step, reference = (s.train_step, s.reference) if view == 'weak' else (s.strong_train_step, s.strong_reference)
+  new_state, metrics = train_step(state, s.device_batch())
   metrics = jax.device_get(metrics)
 
-  _, _, want_memory, grads, want = s.reference.step(
+  _, _, want_memory, grads, want = reference.step(
       s.params, s.tx.init(s.params), memory, gate_open, 0, s.batch, s.tx)
   assert set(metrics) == METRIC_KEYS
   for key, value in want.items():
@@ -254,6 +260,20 @@ def test_step_matches_reference(setup, case):
   _assert_trees_close(delta, grads, rtol=1e-3, atol=1e-5 * scale)
   assert int(new_state.step) == 1
   np.testing.assert_allclose(metrics['grad_norm'], float(optax.tree.norm(grads)), rtol=1e-4)
+
+
+def test_the_strong_view_lever_changes_only_what_the_used_examples_train_on(setup):
+  """pseudo_label_view='strong': the same examples selected and stored, another gradient once any is used."""
+  s = setup
+  runs = {}
+  for view, step in (('weak', s.train_step), ('strong', s.strong_train_step)):
+    new_state, metrics = step(make_state(s.params, s.tx, s.mesh, s.memory, True), s.device_batch())
+    runs[view] = jax.device_get((new_state.params, new_state.pseudo_labels, metrics))
+  (weak_params, weak_memory, weak), (strong_params, strong_memory, strong) = runs['weak'], runs['strong']
+  np.testing.assert_array_equal(strong_memory, weak_memory)
+  assert strong['unlabeled_used'] == weak['unlabeled_used'] > 0 and strong['rec_loss'] == weak['rec_loss']
+  head = lambda p: np.asarray(p['head']['kernel'])
+  assert not np.allclose(head(strong_params), head(weak_params), rtol=1e-4, atol=1e-6)
 
 
 def test_remembered_labels_are_kept_when_the_rule_disagrees(setup):
