@@ -122,8 +122,8 @@ class Reference:
     ids_keep, mask, ids_restore = masking.random_masking(rng, L + U, self.model.num_patches, c.mask_ratio)
     (loss, (rec, cls)), grads = self.grad(
         params, self.normalize(batch['labeled_image']), jnp.asarray(batch['labeled_label']),
-        self.normalize(batch[f'unlabeled_{c.pseudo_label_view}']), jnp.asarray(targets), jnp.asarray(used, jnp.float32), rec_images,
-        ids_keep, mask, ids_restore)
+        self.normalize(batch[f'unlabeled_{c.pseudo_label_view}']), jnp.asarray(targets),
+        jnp.asarray(used, jnp.float32), rec_images, ids_keep, mask, ids_restore)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     memory = memory.copy()
