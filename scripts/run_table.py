@@ -7,8 +7,9 @@ Each run is `main.py` in its own workdir ROOT/<dataset>/<method>/labels<fraction
 table resumes where it stopped (finished runs are skipped, a half-done one resumes from its checkpoint).
 A seed is a fresh split and a fresh initialisation: it sets both `config.seed` and `config.split_seed`, so the
 rows' ± is over different labeled / validation sets, as a new user would meet them.
-`finetune` starts from the `mae_pretrain` run of the same seed (pre-training uses all images, so it does not
-depend on the label fraction and runs once per seed); both rows set `config.pretrain_steps=0`, since they are the
+`finetune` starts from the `mae_pretrain` run of the same seed. Pre-training reads no labels, so it runs once per
+seed, leaving out the validation images of the config's label_fraction: at a larger fraction some of that fraction's
+validation images (never their labels) were pre-training input (a split seed's validation sets are nested). Both rows set `config.pretrain_steps=0`, since they are the
 two stages themselves (`configs/cifar10_cpu.py` pre-trains inside its ssmae and supervised runs). Arguments after
 `--` go to every run.
 Rows at another budget (supervised at SSMAE's wall time or FLOPs, MAE pre-training + fine-tuning at SSMAE's total)
