@@ -9,9 +9,9 @@ A seed is a fresh split and a fresh initialisation: it sets both `config.seed` a
 rows' ± is over different labeled / validation sets, as a new user would meet them.
 `finetune` starts from the `mae_pretrain` run of the same seed. Pre-training reads no labels, so it runs once per
 seed, leaving out the validation images of the config's label_fraction: at a larger fraction some of that fraction's
-validation images (never their labels) were pre-training input (a split seed's validation sets are nested). Both rows set `config.pretrain_steps=0`, since they are the
-two stages themselves (`configs/cifar10_cpu.py` pre-trains inside its ssmae and supervised runs). Arguments after
-`--` go to every run.
+validation images (never their labels) were pre-training input (a split seed's validation sets are nested). Both
+rows set `config.pretrain_steps=0`, since they are the two stages themselves (`configs/cifar10_cpu.py` pre-trains
+inside its ssmae and supervised runs). Arguments after `--` go to every run.
 Rows at another budget (supervised at SSMAE's wall time or FLOPs, MAE pre-training + fine-tuning at SSMAE's total)
 take a --tag and their own arguments after --, e.g.
   ... --methods=supervised --tag=steps24000 -- --config.num_steps=24000
