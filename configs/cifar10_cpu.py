@@ -17,7 +17,8 @@ at the same FLOPs on split 0, hence a reconstruction-only stage first. Best vali
 scratch: 57.8 / 55.6% on split 0, 61.0 / 57.4% on split 1, 58.2 / 56.0% on split 2.
 Test accuracy on split seed 3, never used for a choice: 59.23% (its twin from the same pre-training: 57.70%;
 supervised from scratch at 6,000 steps: 52.71% over splits 0-2); 58.69 +- 0.54% over split seeds 0-3. At equal
-FLOPs supervised from the same pre-training (15,000 steps) leads: 60.33% on split 3. README "Results"; docs/results/.
+FLOPs supervised from the same pre-training (15,000 steps) leads: 60.33% on split 3, 60.94% on split 1 (recipe:
+59.07%); supervised from scratch (22,000 steps) trails: 54.68% on split 3. README "Results"; docs/results/.
 """
 
 from configs import default
