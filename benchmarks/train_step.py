@@ -15,6 +15,10 @@ On Linux the benchmark re-executes itself with GLIBC_TUNABLES=glibc.malloc.huget
 XLA allocates each step's temporaries (about 750 MB with the gate open) afresh, and with 4 KiB pages the
 kernel spends 10-15% of the step's CPU time faulting them in; transparent huge pages remove almost all of it.
 `--no-hugepage-malloc` measures the environment as it is.
+
+"Gate open, gathered" (`--unlabeled_cls_rows K`, 8 by default, 0 skips it) times the same step built with
+config.unlabeled_cls_rows=K when no unlabeled example is a candidate (tau = 1): L_cls's pass then covers the labeled
+batch and K gathered unlabeled rows, the cost of every gate-open step with at most K candidates (fixed shapes).
 """
 
 import os
@@ -36,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from ssmae_jax import losses, masking, models, sharding, steps, train_state  # noqa: E402
+from ssmae_jax import flops, losses, masking, models, sharding, steps, train_state  # noqa: E402
 
 POOL_SIZE = 50_000
 NUM_CLASSES = 10
@@ -130,7 +134,7 @@ def time_steps(compiled, state, batches, warmup: int):
   return state, times, faults, jax.device_get(metrics)
 
 
-def run(config, num_steps: int, warmup: int = 3) -> dict:
+def run(config, num_steps: int, warmup: int = 3, rows: int = 8) -> dict:
   config = config.copy_and_resolve_references()
   # Every unlabeled example is accepted when the gate is open (see the module docstring).
   config.tau = 0.0
@@ -165,6 +169,18 @@ def run(config, num_steps: int, warmup: int = 3) -> dict:
   assert m_open['unlabeled_used'] == num_u and m_open['pseudo_labels_new'] == num_u, m_open
 
   flops_open = method_flops(model, params, tx, tx.init(params), config)
+  gathered = {}
+  if rows:
+    # Nothing is confident at tau = 1 and nothing remembered: every gate-open step takes the gathered pass.
+    narrow = config.copy_and_resolve_references()
+    narrow.unlabeled_cls_rows, narrow.tau = rows, 1.0
+    narrow_step = steps.make_train_step(model, tx, narrow, mesh)
+    _, times, _, m_narrow = time_steps(narrow_step, fresh_state(True), batches, warmup)
+    assert m_narrow['full_cls_pass'] == 0 and m_narrow['unlabeled_used'] == 0, m_narrow
+    gathered = dict(unlabeled_cls_rows=rows, step_ms_gate_open_gathered=round(1e3 * statistics.median(times), 1),
+                    step_ms_gate_open_gathered_min=round(1e3 * min(times), 1),
+                    flops_gate_open_gathered=flops.work_flops(model, config, rec=num_l + num_u, cls=num_l + rows,
+                                                              forward=num_u))
   ms_closed = 1e3 * statistics.median(closed)
   ms_open = 1e3 * statistics.median(opened)
   return dict(
@@ -182,6 +198,7 @@ def run(config, num_steps: int, warmup: int = 3) -> dict:
       images_per_s_gate_closed=round((num_l + 3 * num_u) / ms_closed * 1e3, 1),
       page_faults_per_step_gate_open=int(statistics.median(faults_open)),
       page_faults_per_step_gate_closed=int(statistics.median(faults_closed)),
+      **gathered,
       num_params=int(num_params),
       steps=num_steps,
       devices=jax.device_count(),
@@ -199,8 +216,14 @@ def main():
   parser.add_argument('--json', action='store_true', help='print one JSON object instead of a human line')
   parser.add_argument('--no-hugepage-malloc', action='store_true',
                       help='do not restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (see the module docstring)')
+  parser.add_argument('--unlabeled_cls_rows', type=int, default=8,
+                      help='also time the gate-open step with L_cls over this many gathered unlabeled rows (0: not)')
   args = parser.parse_args()
-  result = run(load_config(args.config), args.steps)
+  config = load_config(args.config)
+  if args.unlabeled_cls_rows >= config.unlabeled_batch_size:
+    parser.error(f'--unlabeled_cls_rows={args.unlabeled_cls_rows} must be below the config\'s unlabeled batch '
+                 f'({config.unlabeled_batch_size}), or 0')
+  result = run(config, args.steps, rows=args.unlabeled_cls_rows)
   if args.json:
     print(json.dumps(result))
   else:
@@ -208,6 +231,8 @@ def main():
           f"{result['step_ms_gate_open']:.0f} ms = {result['gflops_achieved_gate_open']:.0f} GF/s of "
           f"{result['flops_gate_open'] / 1e9:.0f} GFLOP (matmul peak {result['matmul_gflops']:.0f} GF/s), "
           f"{result['images_per_s']:.0f} images/s, compile {result['compile_s']:.1f} s, "
+          + (f"gate open with {args.unlabeled_cls_rows} gathered rows {result['step_ms_gate_open_gathered']:.0f} ms "
+             f"({result['flops_gate_open_gathered'] / 1e9:.0f} GFLOP), " if args.unlabeled_cls_rows else '') +
           f"{result['num_params']:,} params, {result['devices']} {result['backend']} device(s)")
 
 

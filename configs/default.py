@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.
   c.pseudo_label_view = OneOf('weak', gate.PSEUDO_LABEL_VIEWS)
+  # Speed, not the method: in a step that can use unlabeled examples, L_cls's forward and backward pass covers at most
+  # this many of them, gathered (the remembered ones and, with the gate open, those confident on the view that gets
+  # the forward pass only: no other can be selected); a step with more candidates takes the full pass over all U.
+  # The same loss, gradient and selection either way. 0: always the full pass.
+  c.unlabeled_cls_rows = Int(0, min=0)
   # Not in the paper: first this many steps of MAE pre-training (method mae_pretrain, same data and schedule) in
   # WORKDIR/pretrain, then the run starts from its encoder and decoder, as from config.init_from. 0: none.
   c.pretrain_steps = Int(0, min=0)

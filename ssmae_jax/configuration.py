@@ -274,6 +274,10 @@ def _check_rules(config: ml_collections.ConfigDict) -> None:
     if int(m[width] * m.mlp_ratio) < 1:
       raise UserError(f'config.model.mlp_ratio={m.mlp_ratio} gives the MLP of config.model.{width}={m[width]} no '
                       'hidden unit: raise it (the paper: 4).')
+  if config.unlabeled_cls_rows >= config.unlabeled_batch_size:
+    raise UserError(f'config.unlabeled_cls_rows={config.unlabeled_cls_rows} is not below config.unlabeled_batch_size='
+                    f'{config.unlabeled_batch_size}, so no step could take a narrower pass than the full one: set it '
+                    'lower (e.g. a quarter of U), or 0 for the full pass always.')
   if not (config.num_steps or config.num_epochs):
     raise UserError(f'config.num_steps={config.num_steps} with config.num_epochs={config.num_epochs} trains nothing: '
                     'set num_steps (or num_epochs, with num_steps None) to a positive number.')

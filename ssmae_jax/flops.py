@@ -59,9 +59,14 @@ def step_kinds(config) -> dict[str, dict[str, int]]:
     return {'step': dict(rec=num_u, cls=0, forward=0)}
   if not method.uses_unlabeled:
     return {'step': dict(rec=rec, cls=num_l, forward=0)}
-  return {'labeled_only': dict(rec=rec, cls=num_l, forward=0),
-          'with_memory': dict(rec=rec, cls=num_l + num_u, forward=0),
-          'gate_open': dict(rec=rec, cls=num_l + num_u, forward=num_u)}
+  kinds = {'labeled_only': dict(rec=rec, cls=num_l, forward=0),
+           'with_memory': dict(rec=rec, cls=num_l + num_u, forward=0),
+           'gate_open': dict(rec=rec, cls=num_l + num_u, forward=num_u)}
+  rows = config.get('unlabeled_cls_rows', 0)
+  if rows:  # The same branches with L_cls's pass over `rows` gathered unlabeled rows.
+    kinds.update(with_memory_rows=dict(rec=rec, cls=num_l + rows, forward=0),
+                 gate_open_rows=dict(rec=rec, cls=num_l + rows, forward=num_u))
+  return kinds
 
 
 @functools.cache
@@ -84,7 +89,9 @@ def run_flops(results: dict) -> list[float]:
 
   Each epoch's steps count the FLOPs of the step kind its gate record says it took: 'gate_open' while open; with
   the gate closed, 'with_memory' once the sticky memory holds a label (an upper bound: a batch without a
-  remembered example takes the cheaper branch), else 'labeled_only'. Evaluations are not counted.
+  remembered example takes the cheaper branch), else 'labeled_only'. With config.unlabeled_cls_rows, the epoch's
+  share of steps that took the full L_cls pass (its record's train_full_cls_pass) counts the full kind, the rest
+  the gathered one; without that record, all count as full. Evaluations are not counted.
   """
   config = results['config']
   config_json = json.dumps(config, sort_keys=True)
@@ -104,5 +111,9 @@ def run_flops(results: dict) -> list[float]:
       kind = 'with_memory'
     else:
       kind = 'labeled_only'
-    done += steps * _kind_flops(config_json, kind)
+    full = (following or {}).get('train_full_cls_pass')
+    if f'{kind}_rows' in kinds and full is not None:
+      done += steps * (full * _kind_flops(config_json, kind) + (1 - full) * _kind_flops(config_json, f'{kind}_rows'))
+    else:
+      done += steps * _kind_flops(config_json, kind)
   return out + [done]

@@ -4,7 +4,8 @@ the current epoch's metric sums. Saved as JSON with every latest checkpoint, so 
 import dataclasses
 
 # Per-step metrics whose epoch means go into each epoch's record, as train_<name>.
-TRAIN_MEANS = ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used')
+# full_cls_pass: the share of steps whose L_cls pass covered all U unlabeled rows (config.unlabeled_cls_rows).
+TRAIN_MEANS = ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used', 'full_cls_pass')
 
 
 @dataclasses.dataclass
@@ -40,7 +41,8 @@ class RunLog:
     """train_<metric> means over the epoch's trained steps (None without any), and starts the next epoch's sums."""
     sums, self.epoch_sums = self.epoch_sums, {}
     n = sums.pop('steps', 0)
-    return {f'train_{k}': (sums[k] / n if n else None) for k in TRAIN_MEANS}
+    # A key an older version's checkpoint lacks (resumed mid-epoch) has no mean.
+    return {f'train_{k}': (sums[k] / n if n and k in sums else None) for k in TRAIN_MEANS}
 
   def note_gate(self, epoch: int, is_open: bool) -> None:
     if is_open and self.gate_opened_at_epoch is None:

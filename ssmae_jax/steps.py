@@ -51,12 +51,19 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   own and the gradients are added. The classification term's forward and backward pass both live inside one
   branch of a lax.switch: a switch inside the differentiated function would make every branch output the
   residuals of every other branch (as zeros), which costs more than the skipped work saves.
+
+  With config.unlabeled_cls_rows = k > 0, a branch that classifies unlabeled examples first narrows them to the
+  candidates that can be used (the remembered ones, and while the gate is open those confident on the view that
+  gets the forward pass only: selection needs both views confident). When there are at most k, only those rows,
+  gathered, go through L_cls's forward and backward pass with the labeled ones; otherwise all U rows do. The loss,
+  the gradient and the selection are the same either way (`full_cls_pass` says which pass a step took).
   """
   tau = config.tau
   require_agreement = config.require_agreement
   sticky = config.sticky
   smoothing = config.label_smoothing
   train_on_strong = config.pseudo_label_view == 'strong'
+  rows = config.unlabeled_cls_rows
   rec_weight, cls_weight = config.rec_weight, config.cls_weight
   base_key = jax.random.key(config.seed)
   size = model.image_size
@@ -84,16 +91,23 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
       ce_l = losses.cross_entropy(logits_l, y_l, smoothing)
       return (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (num_l + jnp.sum(used))
 
-    # Each branch: (L_cls, its gradient, (labeled logits, used, new, targets)).
+    # Each branch: (L_cls, its gradient, (labeled logits, used, new, targets), whether all U rows took L_cls's pass).
     def labeled_only(params):
       def loss_fn(params):
         logits_l = classify(params, x_l)
         return cls_loss(logits_l, jnp.zeros((num_u,), jnp.float32), nothing_new), logits_l
 
       (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      return loss, grads, (logits_l, nothing_new, nothing_new, memory)
+      return loss, grads, (logits_l, nothing_new, nothing_new, memory), jnp.zeros((), bool)
 
-    def with_memory(params):
+    def gathered(candidates):
+      """The batch positions of the first `rows` candidates (U where there are fewer) and which of them are real."""
+      (pos,) = jnp.nonzero(candidates, size=rows, fill_value=num_u)
+      take = lambda x: jnp.take(x, pos, axis=0, mode='clip')
+      scatter = lambda base, values: base.at[pos].set(values, mode='drop')
+      return take, scatter, pos < num_u
+
+    def with_memory_full(params):
       def loss_fn(params):
         logits = classify(params, jnp.concatenate([x_l, x_train]))
         ce_u = losses.cross_entropy(logits[num_l:], memory, smoothing)
@@ -102,23 +116,64 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
       (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return loss, grads, (logits_l, remembered, nothing_new, memory)
 
-    def gate_open(params):
-      # Outside the differentiated function: the view not trained gets a forward pass only.
-      probs_other = jax.nn.softmax(classify(params, x_other))
+    def with_memory_rows(params):
+      take, _, real = gathered(remembered)
 
       def loss_fn(params):
+        logits = classify(params, jnp.concatenate([x_l, take(x_train)]))
+        ce_u = losses.cross_entropy(logits[num_l:], take(memory), smoothing)
+        return cls_loss(logits[:num_l], ce_u, real), logits[:num_l]
+
+      (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return loss, grads, (logits_l, remembered, nothing_new, memory)
+
+    def with_memory(params):
+      if not rows:
+        return with_memory_full(params) + (jnp.ones((), bool),)
+      full = jnp.sum(remembered) > rows
+      return jax.lax.cond(full, with_memory_full, with_memory_rows, params) + (full,)
+
+    def select_and_loss(logits, probs_other, mem):
+      probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
+      probs_w, probs_s = (probs_other, probs_train) if train_on_strong else (probs_train, probs_other)
+      targets, used, new = gate.select(probs_w, probs_s, mem, tau=tau, require_agreement=require_agreement,
+                                       sticky=sticky)
+      return targets, used, new, losses.cross_entropy(logits[num_l:], targets, smoothing)
+
+    def gate_open_full(params, probs_other):
+      def loss_fn(params):
         logits = classify(params, jnp.concatenate([x_l, x_train]))
-        probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
-        probs_w, probs_s = (probs_other, probs_train) if train_on_strong else (probs_train, probs_other)
-        targets, used, new = gate.select(probs_w, probs_s, memory, tau=tau,
-                                         require_agreement=require_agreement, sticky=sticky)
-        ce_u = losses.cross_entropy(logits[num_l:], targets, smoothing)
+        targets, used, new, ce_u = select_and_loss(logits, probs_other, memory)
         return cls_loss(logits[:num_l], ce_u, used), (logits[:num_l], used, new, targets)
 
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return loss, grads, aux
 
-    cls, cls_grads, (logits_l, used, new, targets) = jax.lax.switch(
+    def gate_open_rows(params, probs_other):
+      take, scatter, real = gathered(candidates_open(probs_other))
+
+      def loss_fn(params):
+        logits = classify(params, jnp.concatenate([x_l, take(x_train)]))
+        targets, used, new, ce_u = select_and_loss(logits, take(probs_other), take(memory))
+        used, new = used & real, new & real
+        return cls_loss(logits[:num_l], ce_u, used), (logits[:num_l], used, new, targets)
+
+      (loss, (logits_l, used, new, targets)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return loss, grads, (logits_l, scatter(nothing_new, used), scatter(nothing_new, new), scatter(memory, targets))
+
+    def candidates_open(probs_other):
+      """The examples a gate-open step can use: remembered, or confident on the view with the forward pass only."""
+      return remembered | (jnp.max(probs_other, axis=-1) > tau)
+
+    def gate_open(params):
+      # Outside the differentiated function: the view not trained gets a forward pass only.
+      probs_other = jax.nn.softmax(classify(params, x_other))
+      if not rows:
+        return gate_open_full(params, probs_other) + (jnp.ones((), bool),)
+      full = jnp.sum(candidates_open(probs_other)) > rows
+      return jax.lax.cond(full, gate_open_full, gate_open_rows, params, probs_other) + (full,)
+
+    cls, cls_grads, (logits_l, used, new, targets), full_pass = jax.lax.switch(
         branch, [labeled_only, with_memory, gate_open], state.params)
     if rec_weight:
       rec_images = jnp.concatenate([x_l, prepare_images(batch['unlabeled_mae'], size)])
@@ -135,6 +190,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
         labeled_accuracy=jnp.mean(jnp.argmax(logits_l, -1) == y_l),
         unlabeled_used=jnp.sum(used).astype(jnp.float32),
         pseudo_labels_new=jnp.sum(new).astype(jnp.float32),
+        full_cls_pass=full_pass.astype(jnp.float32),
     ), pseudo_labels=pseudo_labels)
 
   return jit_train_step(train_step, mesh)
@@ -170,7 +226,7 @@ def finish(config, tx: optax.GradientTransformation, state: TrainState, grads, l
   grad_norm = optax.tree.norm(grads)
   zero = jnp.zeros((), jnp.float32)
   out = dict(loss=loss, rec_loss=zero, cls_loss=zero, labeled_accuracy=zero, unlabeled_used=zero,
-             pseudo_labels_new=zero, grad_norm=grad_norm,
+             pseudo_labels_new=zero, full_cls_pass=zero, grad_norm=grad_norm,
              nonfinite=(~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)).astype(jnp.float32))
   out.update(metrics)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, **state_fields)

@@ -29,9 +29,10 @@ def get_config():
 '''
 
 BENCHMARKS = {
-    'train_step': (['--steps', '2'], 1, {
+    'train_step': (['--steps', '2', '--unlabeled_cls_rows', '4'], 1, {
         'step_ms_gate_closed', 'step_ms_gate_open', 'compile_s', 'matmul_gflops', 'flops_gate_open',
-        'gflops_achieved_gate_open', 'images_per_s', 'num_params'}),
+        'gflops_achieved_gate_open', 'images_per_s', 'num_params', 'step_ms_gate_open_gathered',
+        'flops_gate_open_gathered'}),
     'input_pipeline': (['--steps', '3', '--warmup', '2', '--step_steps', '2'], 2, {
         'steps_per_s', 'examples_per_s', 'images_per_s', 'step_consumes_steps_per_s', 'headroom', 'step_ms',
         'load_s', 'first_batch_s', 'examples_per_step', 'images_per_step', 'host_cpu_s_per_step',
@@ -86,6 +87,7 @@ def test_benchmark_json_has_positive_finite_numbers(results, name):
 def test_benchmark_numbers_agree_with_each_other(results):
   step = results['train_step']
   assert step['flops_gate_open'] > 1e6 and step['step_ms_gate_closed_min'] <= step['step_ms_gate_closed']
+  assert step['flops_gate_open_gathered'] < step['flops_gate_open']  # The tiny config: 4 gathered rows of U=8.
   if sys.platform.startswith('linux'):  # Re-executed with huge-page malloc, as main.py runs.
     assert 'glibc.malloc.hugetlb=1' in step['glibc_tunables']
   data = results['input_pipeline']

@@ -34,6 +34,9 @@ def test_step_kinds_follow_the_method():
                    'with_memory': dict(rec=l + u, cls=l + u, forward=0),
                    'gate_open': dict(rec=l + u, cls=l + u, forward=u)}
   assert flops.step_kinds(config_for('ssmae', rec_weight=0.0))['gate_open']['rec'] == 0
+  narrow = flops.step_kinds(config_for('ssmae', unlabeled_cls_rows=4))
+  assert narrow == dict(kinds, with_memory_rows=dict(rec=l + u, cls=l + 4, forward=0),
+                        gate_open_rows=dict(rec=l + u, cls=l + 4, forward=u))
 
 
 def _record(step, gate_open=False, pseudo_labels=0, test=None, wall=0.0):
@@ -50,6 +53,21 @@ def test_run_flops_count_each_epoch_with_the_branch_its_gate_took(monkeypatch):
   assert flops.run_flops(results) == [0, 5, 5 + 300, 5 + 300 + 20, 325]
   config['sticky'] = False  # Without stickiness a closed gate trains on the labeled batch only.
   assert flops.run_flops(dict(results, config=config))[-1] == 5 + 300 + 2
+
+
+def test_run_flops_count_the_gathered_pass_by_its_recorded_share(monkeypatch):
+  """config.unlabeled_cls_rows: each epoch's steps cost the full and the gathered kind in its recorded proportion."""
+  cost = {'labeled_only': 1.0, 'with_memory': 10.0, 'gate_open': 100.0, 'with_memory_rows': 4.0,
+          'gate_open_rows': 40.0}
+  monkeypatch.setattr(flops, '_kind_flops', lambda config_json, kind: cost[kind])
+  config = config_for('ssmae', unlabeled_cls_rows=4).to_dict()
+  history = [_record(0), _record(5, gate_open=True), _record(9, pseudo_labels=3), _record(11, pseudo_labels=3)]
+  history[2]['train_full_cls_pass'] = 0.25  # 1 of the 4 gate-open steps took the full pass.
+  history[3]['train_full_cls_pass'] = 0.5
+  results = dict(config=config, steps=11, history=history)
+  assert flops.run_flops(results) == [0, 5, 5 + 100 + 3 * 40, 5 + 220 + 10 + 4, 239]
+  del history[2]['train_full_cls_pass']  # A record without the share: the full pass, an upper bound.
+  assert flops.run_flops(results)[2] == 5 + 400
 
 
 def _run(method, steps, wall, test, history):

@@ -24,7 +24,7 @@ L, U, POOL, SIZE, CLASSES = 4, 8, 32, 16, 10
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 METRIC_KEYS = {'loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used', 'pseudo_labels_new',
-               'grad_norm', 'nonfinite'}
+               'full_cls_pass', 'grad_norm', 'nonfinite'}
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -190,6 +190,9 @@ class Setup:
     self.strong_config = tiny_config(tau=self.config.tau, pseudo_label_view='strong')
     self.strong_reference = Reference(self.model, self.strong_config)
     self.strong_train_step = steps.make_train_step(self.model, self.tx, self.strong_config, self.mesh)
+    # config.unlabeled_cls_rows (speed): L_cls's pass over at most U - 1 gathered unlabeled rows.
+    self.narrow_train_step = steps.make_train_step(
+        self.model, self.tx, tiny_config(tau=self.config.tau, unlabeled_cls_rows=U - 1), self.mesh)
 
   def device_batch(self, batch=None):
     return jax.device_put(batch if batch is not None else self.batch, sharding.data_sharded(self.mesh))
@@ -228,14 +231,14 @@ def _assert_trees_close(got, want, rtol, atol):
 # --- the fast step equals the reference ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('view', ['weak', 'strong'])
-@pytest.mark.parametrize('case', ['closed_empty_memory', 'closed_with_memory', 'open_some_accepted'])
-def test_step_matches_reference(setup, case, view):
-  s = setup
+CASES = ['closed_empty_memory', 'closed_with_memory', 'open_some_accepted']
+
+
+def _check_step_against_reference(s: Setup, train_step, reference, case: str) -> dict:
+  """One step of `train_step` from s.params in `case` against `reference`; returns the step's metrics."""
   memory = np.full(POOL, -1, np.int32) if case == 'closed_empty_memory' else s.memory
   gate_open = case == 'open_some_accepted'
   state = make_state(s.params, s.tx, s.mesh, memory, gate_open)
-  train_step, reference = (s.train_step, s.reference) if view == 'weak' else (s.strong_train_step, s.strong_reference)
   new_state, metrics = train_step(state, s.device_batch())
   metrics = jax.device_get(metrics)
 
@@ -260,6 +263,40 @@ def test_step_matches_reference(setup, case, view):
   _assert_trees_close(delta, grads, rtol=1e-3, atol=1e-5 * scale)
   assert int(new_state.step) == 1
   np.testing.assert_allclose(metrics['grad_norm'], float(optax.tree.norm(grads)), rtol=1e-4)
+  return metrics
+
+
+@pytest.mark.parametrize('view', ['weak', 'strong'])
+@pytest.mark.parametrize('case', CASES)
+def test_step_matches_reference(setup, case, view):
+  s = setup
+  train_step, reference = (s.train_step, s.reference) if view == 'weak' else (s.strong_train_step, s.strong_reference)
+  metrics = _check_step_against_reference(s, train_step, reference, case)
+  assert metrics['full_cls_pass'] == (case != 'closed_empty_memory')
+
+
+@pytest.fixture(scope='module')
+def narrow_steps(setup):
+  """The step with config.unlabeled_cls_rows 2 (below the 3 remembered examples) and U - 1."""
+  s = setup
+  return {2: steps.make_train_step(s.model, s.tx, tiny_config(tau=s.config.tau, unlabeled_cls_rows=2), s.mesh),
+          U - 1: s.narrow_train_step}
+
+
+@pytest.mark.parametrize('rows', [2, U - 1])
+@pytest.mark.parametrize('case', CASES)
+def test_a_narrower_cls_pass_gives_the_reference_step(setup, narrow_steps, case, rows):
+  """config.unlabeled_cls_rows: the gathered pass and its fallback to the full one are both the reference step."""
+  s = setup
+  metrics = _check_step_against_reference(s, narrow_steps[rows], s.reference, case)
+  # The candidates: the remembered examples and, with the gate open, those confident on the strong view.
+  _, p_s = s.reference.probs(s.params, s.batch)
+  candidates = np.isin(np.arange(U), s.remembered_slots)
+  if case == 'open_some_accepted':
+    candidates |= p_s.max(-1) > s.config.tau
+  if case != 'closed_empty_memory':
+    assert 3 <= candidates.sum() <= U - 1  # Each rows value meets one path.
+  assert metrics['full_cls_pass'] == (case != 'closed_empty_memory' and candidates.sum() > rows)
 
 
 def test_the_strong_view_lever_changes_only_what_the_used_examples_train_on(setup):
@@ -337,12 +374,14 @@ def test_train_step_is_traced_once(setup):
 def device_cases(s: Setup) -> list[dict]:
   """One step from the same start for each case, on `s.mesh`: losses, selection counts, memory, a params sum."""
   out = []
-  for memory, gate_open in [(None, False), (s.memory, False), (s.memory, True)]:
-    state, metrics = s.train_step(make_state(s.params, s.tx, s.mesh, memory, gate_open), s.device_batch())
+  for train_step, memory, gate_open in [(s.train_step, None, False), (s.train_step, s.memory, False),
+                                        (s.train_step, s.memory, True), (s.narrow_train_step, s.memory, False),
+                                        (s.narrow_train_step, s.memory, True)]:
+    state, metrics = train_step(make_state(s.params, s.tx, s.mesh, memory, gate_open), s.device_batch())
     metrics = jax.device_get(metrics)
     out.append(dict(devices=int(s.mesh.devices.size), memory=np.asarray(state.pseudo_labels).tolist(),
                     losses=[float(metrics[k]) for k in ('loss', 'rec_loss', 'cls_loss', 'grad_norm')],
-                    counts=[float(metrics[k]) for k in ('unlabeled_used', 'pseudo_labels_new')],
+                    counts=[float(metrics[k]) for k in ('unlabeled_used', 'pseudo_labels_new', 'full_cls_pass')],
                     param_sum=float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params)))))
   return out
 
@@ -352,10 +391,11 @@ def test_four_devices_give_the_same_loss_and_memory_as_one(setup, four_devices):
   assert four_devices.returncode == 0, stderr[-3000:]
   four = json.loads(stdout.strip().splitlines()[-1])
   one = device_cases(setup)
-  assert [c['devices'] for c in four] == [4] * 3 and [c['devices'] for c in one] == [1] * 3
+  assert [c['devices'] for c in four] == [4] * 5 and [c['devices'] for c in one] == [1] * 5
   for a, b in zip(four, one):
     np.testing.assert_allclose(a['losses'], b['losses'], rtol=1e-5)
     np.testing.assert_allclose(a['param_sum'], b['param_sum'], rtol=1e-5)
     assert a['counts'] == b['counts']
     assert a['memory'] == b['memory']
   assert one[2]['counts'][1] > 0  # the gate-open case assigns new pseudo-labels
+  assert [c['counts'][2] for c in one] == [0, 1, 1, 0, 0]  # the last two took the gathered pass
