@@ -16,6 +16,10 @@ Rows at another budget (supervised at SSMAE's wall time or FLOPs, MAE pre-traini
 take a --tag and their own arguments after --, e.g.
   ... --methods=supervised --tag=steps24000 -- --config.num_steps=24000
 The report names such rows by the config fields that differ.
+A twin from the same pre-training: --pretraining_from=ROW copies the finished stage (WORKDIR/pretrain, of a config
+with config.pretrain_steps) of the run of the same fraction and seed in ROOT/DATASET/ROW into each run's workdir before
+its first start, so the twin differs from that run only after the stage, e.g.
+  ... --config=configs/cifar10_cpu.py --methods=ssmae,supervised --pretraining_from=ssmae
 On a TPU/GPU host run it as it is: each run uses all local devices. To spread runs over several hosts, give each
 host a different --seeds or --fractions.
 """
@@ -29,6 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ssmae_jax import fileio, report  # noqa: E402
+
+# experiment.PRETRAIN_DIR, where a run keeps its pre-training stage (not imported: that loads TensorFlow; a test keeps
+# the two equal).
+PRETRAIN_DIR = 'pretrain'
 
 
 def runs(methods: list[str], fractions: list[float], seeds: list[int]):
@@ -48,6 +56,18 @@ def workdir(root: str, dataset: str, method: str, fraction: float | None, seed: 
   return '/'.join([root.rstrip('/'), dataset, f'{method}_{tag}' if tag else method, labels, f'seed{seed}'])
 
 
+def copy_stage(source: str, target: str) -> None:
+  """Copies the pre-training stage folder `source` to `target` (local or bucket paths), its results.json last: a
+  copy cut short is not a finished stage, and the next launch copies it again."""
+  source_path = fileio.path(source)
+  files = [folder / name for folder, _, names in fileio.walk(source_path) for name in names]
+  finished = source_path / 'results.json'
+  for file in sorted(files, key=lambda f: f == finished):
+    destination = fileio.path(target) / os.fspath(file)[len(os.fspath(source_path)):].lstrip('/')
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    file.copy(destination, overwrite=True)
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True)
@@ -58,6 +78,9 @@ def main() -> int:
   parser.add_argument('--seeds', default='0')
   parser.add_argument('--tag', default='', help='a name for runs whose arguments after -- differ from the main rows\' '
                       '(e.g. steps24000 for supervised at the same wall time): their workdirs are METHOD_TAG/...')
+  parser.add_argument('--pretraining_from', default='', metavar='ROW',
+                      help='start each ssmae / supervised run from the finished pre-training stage of the run of the '
+                      'same fraction and seed in ROOT/DATASET/ROW (e.g. ssmae, or ssmae_TAG), copied into its workdir')
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
@@ -67,11 +90,26 @@ def main() -> int:
     parser.error(f'unknown methods {sorted(unknown)}')
   fractions = [float(f) for f in args.fractions.split(',')]
   seeds = [int(s) for s in args.seeds.split(',')]
+  if args.pretraining_from and {'mae_pretrain', 'finetune'} & set(methods):
+    parser.error('--pretraining_from gives ssmae and supervised runs a copied stage; mae_pretrain and finetune rows '
+                 'have none (they set config.pretrain_steps=0): launch them without it')
 
   for method, fraction, seed in runs(methods, fractions, seeds):
     wd = workdir(args.root, args.dataset, method, fraction, seed, args.tag)
     if (fileio.path(wd) / 'results.json').exists():
       continue
+    stage = '/'.join([wd, PRETRAIN_DIR])
+    if args.pretraining_from and not (fileio.path(stage) / 'results.json').exists():
+      source = '/'.join([workdir(args.root, args.dataset, args.pretraining_from, fraction, seed), PRETRAIN_DIR])
+      if source != stage:
+        if not args.dry_run and not (fileio.path(source) / 'results.json').exists():
+          print(f'run_table.py: error: --pretraining_from={args.pretraining_from}: {source} is not a finished '
+                'pre-training stage (no results.json): run that row first (list it earlier in --methods), or drop '
+                '--pretraining_from.', file=sys.stderr)
+          return 2
+        print(f'+ copy {source} {stage}', flush=True)
+        if not args.dry_run:
+          copy_stage(source, stage)
     command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
                f'--config.method={method}', f'--config.dataset={args.dataset}', f'--config.seed={seed}',
                f'--config.split_seed={seed}']

@@ -130,3 +130,60 @@ def test_table_launcher_tags_runs_at_another_budget(tmp_path):
   assert f'--workdir={pretrain_dir}' in out[0]
   assert f'--workdir={tmp_path / "cifar10" / "finetune_steps24" / "labels0.1" / "seed1"}' in out[1]
   assert f'--config.init_from={pretrain_dir}' in out[1]  # The pre-trained run of the same tag.
+
+
+def _run_table_module():
+  import importlib.util
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location('run_table', os.path.join(root, 'scripts', 'run_table.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_table_launcher_gives_a_twin_the_same_pretraining(tmp_path):
+  """--pretraining_from=ROW: the stage of ROW's run of the same fraction and seed is copied before the twin starts."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  launch = lambda *args: subprocess.run(
+      [sys.executable, 'scripts/run_table.py', '--config=configs/cifar10_cpu.py', f'--root={tmp_path}',
+       '--fractions=0.1', '--seeds=3', *args], cwd=root, capture_output=True, text=True)
+  out = launch('--methods=ssmae,supervised', '--pretraining_from=ssmae', '--dry_run').stdout.splitlines()
+  runs = tmp_path / 'cifar10'
+  assert len(out) == 3 and '--config.method=ssmae' in out[0] and '--config.method=supervised' in out[2]
+  assert out[1] == f'+ copy {runs}/ssmae/labels0.1/seed3/pretrain {runs}/supervised/labels0.1/seed3/pretrain'
+  # Without a finished stage to copy, nothing is launched: one line that names the fix.
+  proc = launch('--methods=supervised', '--pretraining_from=ssmae')
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr.count('\n') == 1 and 'is not a finished pre-training stage' in proc.stderr
+  assert 'run that row first' in proc.stderr and not (runs / 'supervised').exists()
+  proc = launch('--methods=finetune', '--pretraining_from=ssmae', '--dry_run')
+  assert proc.returncode == 2 and 'mae_pretrain and finetune rows have none' in proc.stderr
+
+
+def test_a_copied_stage_is_whole_before_it_counts_as_finished(tmp_path, monkeypatch):
+  from etils import epath
+
+  from ssmae_jax import experiment
+  run_table = _run_table_module()
+  assert run_table.PRETRAIN_DIR == experiment.PRETRAIN_DIR
+  source = tmp_path / 'ssmae' / 'pretrain'
+  for name, text in [('results.json', '{}'), ('history.json', '[]'), ('checkpoints/10/params', 'p'),
+                     ('figures/a.png', 'x')]:
+    (source / name).parent.mkdir(parents=True, exist_ok=True)
+    (source / name).write_text(text)
+  copied = []
+  path_class = type(epath.Path(source))  # The concrete class local paths get.
+  real_copy = path_class.copy
+  monkeypatch.setattr(path_class, 'copy', lambda self, dst, overwrite=False: (copied.append(str(dst)),
+                                                                             real_copy(self, dst, overwrite))[1])
+  target = tmp_path / 'supervised' / 'pretrain'
+  run_table.copy_stage(str(source), str(target))
+  assert sorted(str(p.relative_to(target)) for p in target.rglob('*') if p.is_file()) == [
+      'checkpoints/10/params', 'figures/a.png', 'history.json', 'results.json']
+  assert (target / 'checkpoints' / '10' / 'params').read_text() == 'p'
+  # Last: a copy cut short is not a finished stage.
+  assert len(copied) == 4 and copied[-1] == str(target / 'results.json')
