@@ -19,6 +19,8 @@ Test accuracy on split seed 3, never used for a choice: 59.23% (its twin from th
 supervised from scratch at 6,000 steps: 52.71% over splits 0-2); 58.69 +- 0.54% over split seeds 0-3. At equal
 FLOPs supervised from the same pre-training (15,000 steps) leads: 60.33% on split 3, 60.94% on split 1 (recipe:
 59.07%); supervised from scratch (22,000 steps) trails: 54.68% on split 3. README "Results"; docs/results/.
+Next candidate, validated on split 1 only: --config.num_steps=8000 --config.unlabeled_cls_rows=8 (best validation
+63.6% against 61.0%; test 61.59%, a tie with supervised from the same stage at its FLOPs, 61.53%).
 """
 
 from configs import default
