@@ -80,7 +80,8 @@ def time_train_step(config, batches: list[dict], num_classes: int, pool_size: in
     sharding.check_divisible(f'config.{name}', config[name], mesh)
   model = models.from_config(config, num_classes)
   tx = step_bench.make_optimizer(config)
-  state = train_state.create(step_bench.init_params(model, config), tx, pool_size)
+  state = train_state.create(step_bench.init_params(model, config), tx, pool_size,
+                             teacher=methods.get(config.method).has_teacher(config))
   state = jax.device_put(state, sharding.replicated(mesh))
   device_batches = [sharding.to_global(b, mesh) for b in batches]
   start = time.perf_counter()

@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from ssmae_jax import flops, losses, masking, models, sharding, steps, train_state  # noqa: E402
+from ssmae_jax import flops, losses, masking, methods, models, sharding, steps, train_state  # noqa: E402
 
 POOL_SIZE = 50_000
 NUM_CLASSES = 10
@@ -149,7 +149,8 @@ def run(config, num_steps: int, warmup: int = 3, rows: int = 8) -> dict:
 
   def fresh_state(gate_open: bool):
     # A copy: the step donates its state, and `params` is needed again.
-    state = train_state.create(jax.tree.map(jnp.copy, params), tx, POOL_SIZE)
+    state = train_state.create(jax.tree.map(jnp.copy, params), tx, POOL_SIZE,
+                               teacher=methods.get(config.method).has_teacher(config))
     return jax.device_put(state.replace(gate_open=jnp.asarray(gate_open)), repl)
 
   rng = np.random.default_rng(0)

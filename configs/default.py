@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.
   c.pseudo_label_view = OneOf('weak', gate.PSEUDO_LABEL_VIEWS)
+  # Not in the paper: a teacher picks the pseudo-labels, an exponential moving average of the trained parameters with
+  # this decay per step (Mean Teacher; FixMatch evaluates such an average). The same rule on the teacher's softmax of
+  # both views, the targets then train the student; the student is what is evaluated, gated and saved as best.
+  # 0: none, the paper (the model picks its own pseudo-labels). E.g. 0.99: an average over about 100 steps.
+  c.teacher_ema = Float(0.0, min=0, below=1)
   # Speed, not the method: in a step that can use unlabeled examples, L_cls's forward and backward pass covers at most
   # this many of them, gathered (the remembered ones and, with the gate open, those confident on the view that gets
   # the forward pass only: no other can be selected); a step with more candidates takes the full pass over all U.

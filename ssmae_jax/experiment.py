@@ -72,7 +72,7 @@ def init_state(model: models.SSMAE, tx, config, pool_size: int, mesh) -> train_s
     ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     params = model.init(jax.random.key(config.seed), images, ids_keep, ids_restore)['params']
-    return train_state.create(params, tx, pool_size)
+    return train_state.create(params, tx, pool_size, teacher=methods.get(config.method).has_teacher(config))
   return jax.jit(init, out_shardings=sharding.replicated(mesh))()
 
 
@@ -112,7 +112,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   state = init_state(model, tx, config, len(splits.unlabeled_idx), mesh)
   init_from = config.init_from or (str(workdir / PRETRAIN_DIR) if config.pretrain_steps else None)
   if init_from:
-    state = state.replace(params=checkpointing.load_pretrained(init_from, state.params))
+    state = train_state.with_params(state, checkpointing.load_pretrained(init_from, state.params))
   evaluator = evaluation.Evaluator(steps.make_eval_step(model, config, mesh), config, mesh, {
       # Decoded once, not per evaluation: for folder data this reads files.
       'val': (splits.eval_images(splits.val_idx, config.image_size), splits.train_labels[splits.val_idx]),

@@ -59,13 +59,15 @@ def step_kinds(config) -> dict[str, dict[str, int]]:
     return {'step': dict(rec=num_u, cls=0, forward=0)}
   if not method.uses_unlabeled:
     return {'step': dict(rec=rec, cls=num_l, forward=0)}
+  # With the gate open, forward passes only: the view L_cls does not train, or a teacher's of both views.
+  forward = 2 * num_u if method.has_teacher(config) else num_u
   kinds = {'labeled_only': dict(rec=rec, cls=num_l, forward=0),
            'with_memory': dict(rec=rec, cls=num_l + num_u, forward=0),
-           'gate_open': dict(rec=rec, cls=num_l + num_u, forward=num_u)}
+           'gate_open': dict(rec=rec, cls=num_l + num_u, forward=forward)}
   rows = config.get('unlabeled_cls_rows', 0)
   if rows:  # The same branches with L_cls's pass over `rows` gathered unlabeled rows.
     kinds.update(with_memory_rows=dict(rec=rec, cls=num_l + rows, forward=0),
-                 gate_open_rows=dict(rec=rec, cls=num_l + rows, forward=num_u))
+                 gate_open_rows=dict(rec=rec, cls=num_l + rows, forward=forward))
   return kinds
 
 

@@ -27,6 +27,10 @@ class Method:
     """Whether a run of `config` trains on the reconstruction loss (SSMAE drops it at config.rec_weight=0)."""
     return self.reconstructs and (bool(config.rec_weight) or not self.weighs_terms)
 
+  def has_teacher(self, config) -> bool:
+    """Whether a run of `config` keeps a teacher that picks pseudo-labels (config.teacher_ema; SSMAE only)."""
+    return self.gated and bool(config.get('teacher_ema', 0.0))
+
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method('ssmae', steps.make_train_step, uses_labeled=True, uses_unlabeled=True, classifies=True,

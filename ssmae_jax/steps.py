@@ -57,6 +57,11 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   gets the forward pass only: selection needs both views confident). When there are at most k, only those rows,
   gathered, go through L_cls's forward and backward pass with the labeled ones; otherwise all U rows do. The loss,
   the gradient and the selection are the same either way (`full_cls_pass` says which pass a step took).
+
+  With config.teacher_ema (not in the paper) the state's teacher, a moving average of the parameters, picks the
+  pseudo-labels: the same rule on its softmax of both views (forward passes only). Its targets are then known before
+  L_cls's pass, which trains the parameters on the view of config.pseudo_label_view, as for remembered examples; the
+  teacher follows the updated parameters at the end of the step.
   """
   tau = config.tau
   require_agreement = config.require_agreement
@@ -64,6 +69,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
   smoothing = config.label_smoothing
   train_on_strong = config.pseudo_label_view == 'strong'
   rows = config.unlabeled_cls_rows
+  teacher_decay = config.teacher_ema
   rec_weight, cls_weight = config.rec_weight, config.cls_weight
   base_key = jax.random.key(config.seed)
   size = model.image_size
@@ -107,31 +113,37 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
       scatter = lambda base, values: base.at[pos].set(values, mode='drop')
       return take, scatter, pos < num_u
 
-    def with_memory_full(params):
+    # L_cls with targets known before its pass (remembered, or the teacher's): (loss, grads, labeled logits).
+    def known_targets_full(params, used, targets):
       def loss_fn(params):
         logits = classify(params, jnp.concatenate([x_l, x_train]))
-        ce_u = losses.cross_entropy(logits[num_l:], memory, smoothing)
-        return cls_loss(logits[:num_l], ce_u, remembered), logits[:num_l]
+        ce_u = losses.cross_entropy(logits[num_l:], targets, smoothing)
+        return cls_loss(logits[:num_l], ce_u, used), logits[:num_l]
 
       (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      return loss, grads, (logits_l, remembered, nothing_new, memory)
+      return loss, grads, logits_l
 
-    def with_memory_rows(params):
-      take, _, real = gathered(remembered)
+    def known_targets_rows(params, used, targets):
+      take, _, real = gathered(used)
 
       def loss_fn(params):
         logits = classify(params, jnp.concatenate([x_l, take(x_train)]))
-        ce_u = losses.cross_entropy(logits[num_l:], take(memory), smoothing)
+        ce_u = losses.cross_entropy(logits[num_l:], take(targets), smoothing)
         return cls_loss(logits[:num_l], ce_u, real), logits[:num_l]
 
       (loss, logits_l), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      return loss, grads, (logits_l, remembered, nothing_new, memory)
+      return loss, grads, logits_l
+
+    def known_targets(params, used, targets):
+      """-> (loss, grads, labeled logits, whether all U rows took the pass)."""
+      if not rows:
+        return known_targets_full(params, used, targets) + (jnp.ones((), bool),)
+      full = jnp.sum(used) > rows
+      return jax.lax.cond(full, known_targets_full, known_targets_rows, params, used, targets) + (full,)
 
     def with_memory(params):
-      if not rows:
-        return with_memory_full(params) + (jnp.ones((), bool),)
-      full = jnp.sum(remembered) > rows
-      return jax.lax.cond(full, with_memory_full, with_memory_rows, params) + (full,)
+      loss, grads, logits_l, full = known_targets(params, remembered, memory)
+      return loss, grads, (logits_l, remembered, nothing_new, memory), full
 
     def select_and_loss(logits, probs_other, mem):
       probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
@@ -173,8 +185,15 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh):
       full = jnp.sum(candidates_open(probs_other)) > rows
       return jax.lax.cond(full, gate_open_full, gate_open_rows, params, probs_other) + (full,)
 
+    def gate_open_teacher(params):
+      probs = lambda x: jax.nn.softmax(classify(state.teacher, x))
+      targets, used, new = gate.select(probs(x_w), probs(x_s), memory, tau=tau, require_agreement=require_agreement,
+                                       sticky=sticky)
+      loss, grads, logits_l, full = known_targets(params, used, targets)
+      return loss, grads, (logits_l, used, new, targets), full
+
     cls, cls_grads, (logits_l, used, new, targets), full_pass = jax.lax.switch(
-        branch, [labeled_only, with_memory, gate_open], state.params)
+        branch, [labeled_only, with_memory, gate_open_teacher if teacher_decay else gate_open], state.params)
     if rec_weight:
       rec_images = jnp.concatenate([x_l, prepare_images(batch['unlabeled_mae'], size)])
       rec, rec_grads = reconstruction(model, config, state.params, rec_images, rng)
@@ -219,10 +238,14 @@ def finish(config, tx: optax.GradientTransformation, state: TrainState, grads, l
   """The end of every method's train step: the optimizer update, then config.nan_policy.
 
   Every method reports the same metric keys (a term it lacks is 0), so the loop's sums and logs need not know
-  which method ran. `state_fields` are the method's own changes to the state (SSMAE's memory).
+  which method ran. `state_fields` are the method's own changes to the state (SSMAE's memory); a teacher
+  (config.teacher_ema) is moved towards the new parameters here.
   """
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if state.teacher is not None:  # config.teacher_ema: the teacher follows the updated parameters.
+    decay = config.teacher_ema
+    state_fields['teacher'] = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, state.teacher, params)
   grad_norm = optax.tree.norm(grads)
   zero = jnp.zeros((), jnp.float32)
   out = dict(loss=loss, rec_loss=zero, cls_loss=zero, labeled_accuracy=zero, unlabeled_used=zero,

@@ -37,6 +37,12 @@ def test_step_kinds_follow_the_method():
   narrow = flops.step_kinds(config_for('ssmae', unlabeled_cls_rows=4))
   assert narrow == dict(kinds, with_memory_rows=dict(rec=l + u, cls=l + 4, forward=0),
                         gate_open_rows=dict(rec=l + u, cls=l + 4, forward=u))
+  # config.teacher_ema: with the gate open the teacher's forward passes of both views replace the one of the view
+  # not trained. A method without pseudo-labels keeps no teacher.
+  taught = flops.step_kinds(config_for('ssmae', teacher_ema=0.99, unlabeled_cls_rows=4))
+  assert taught == dict(narrow, gate_open=dict(rec=l + u, cls=l + u, forward=2 * u),
+                        gate_open_rows=dict(rec=l + u, cls=l + 4, forward=2 * u))
+  assert flops.step_kinds(config_for('supervised', teacher_ema=0.99)) == flops.step_kinds(config_for('supervised'))
 
 
 def _record(step, gate_open=False, pseudo_labels=0, test=None, wall=0.0):

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from ssmae_jax import gate, train_state
+from configs import default
+from ssmae_jax import gate, methods, train_state
 
 TAU = 0.95
 
@@ -304,6 +305,25 @@ def test_create_initial_state():
   assert state.gate_open.shape == () and state.gate_open.dtype == jnp.bool_ and not bool(state.gate_open)
   assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(params))
   jax.tree.map(np.testing.assert_array_equal, state.params, params)
+
+
+def test_a_teacher_starts_as_a_copy_of_the_parameters_it_follows():
+  """config.teacher_ema: SSMAE's state holds a teacher, first the initial (or pre-trained) parameters."""
+  params = {'w': jnp.arange(3.0)}
+  assert train_state.create(params, optax.sgd(0.1), pool_size=5).teacher is None
+  state = train_state.create(params, optax.sgd(0.1), pool_size=5, teacher=True)
+  np.testing.assert_array_equal(np.asarray(state.teacher['w']), [0, 1, 2])
+  assert state.teacher['w'] is not state.params['w']  # Separate buffers: the train step donates both.
+  pretrained = train_state.with_params(state, {'w': jnp.ones(3)})
+  np.testing.assert_array_equal(np.asarray(pretrained.teacher['w']), 1)
+  np.testing.assert_array_equal(np.asarray(pretrained.params['w']), 1)
+  assert train_state.with_params(state.replace(teacher=None), {'w': jnp.ones(3)}).teacher is None
+  config = default.get_config()
+  config.teacher_ema = 0.99
+  assert methods.get('ssmae').has_teacher(config)
+  assert not any(methods.get(name).has_teacher(config) for name in ('supervised', 'mae_pretrain', 'finetune'))
+  config.teacher_ema = 0.0
+  assert not methods.get('ssmae').has_teacher(config)
 
 
 def test_train_state_is_a_pytree_that_survives_jit():

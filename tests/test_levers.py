@@ -1,5 +1,6 @@
-"""Switches beyond the paper's method (config.gate_min_confident, config.label_smoothing; config.pseudo_label_view's
-step is checked against the reference in test_steps.py): off by default, and each does what it says when on."""
+"""Switches beyond the paper's method (config.gate_min_confident, config.label_smoothing; the steps of
+config.pseudo_label_view and config.teacher_ema are checked against the reference in test_steps.py): off by
+default, and each does what it says when on."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from ssmae_jax import baselines, gate, losses, masking, models, sharding, steps,
 def test_levers_are_off_by_default():
   c = default.get_config()
   assert c.gate_min_confident == 0 and c.label_smoothing == 0.0 and c.pseudo_label_view == 'weak'
+  assert c.teacher_ema == 0.0 and c.unlabeled_cls_rows == 0
 
 
 @pytest.mark.parametrize('num_confident, min_confident, want', [

@@ -53,14 +53,16 @@ def make_batch(seed: int, indices=None) -> dict:
               unlabeled_index=np.asarray(indices if indices is not None else rng.permutation(POOL)[:U], np.int32))
 
 
-def init_params(model):
+def init_params(model, seed: int = 0):
   ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, 0.75)
   init = jax.jit(lambda key: model.init(key, jnp.zeros((1, SIZE, SIZE, 3)), ids_keep, ids_restore)['params'])
-  return init(jax.random.key(0, impl='rbg'))
+  return init(jax.random.key(seed, impl='rbg'))
 
 
-def make_state(params, tx, mesh, memory=None, gate_open=False):
+def make_state(params, tx, mesh, memory=None, gate_open=False, teacher=None):
   state = train_state.create(jax.tree.map(jnp.array, params), tx, POOL)
+  if teacher is not None:
+    state = state.replace(teacher=jax.tree.map(jnp.array, teacher))
   if memory is not None:
     state = state.replace(pseudo_labels=jnp.asarray(memory, jnp.int32))
   state = state.replace(gate_open=jnp.asarray(gate_open))
@@ -104,9 +106,10 @@ class Reference:
     return (np.asarray(jax.nn.softmax(self.classify(params, self.normalize(batch['unlabeled_weak'])))),
             np.asarray(jax.nn.softmax(self.classify(params, self.normalize(batch['unlabeled_strong'])))))
 
-  def step(self, params, opt_state, memory, gate_open, step, batch, tx):
+  def step(self, params, opt_state, memory, gate_open, step, batch, tx, teacher=None):
+    """-> params, opt_state, memory, grads, metrics (and the moved teacher, with a teacher)."""
     c = self.config
-    p_w, p_s = self.probs(params, batch)
+    p_w, p_s = self.probs(params if teacher is None else teacher, batch)
     idx = np.asarray(batch['unlabeled_index'])
     remembered = memory[idx] >= 0
     pred = p_w.argmax(-1)
@@ -132,7 +135,10 @@ class Reference:
         memory[idx[i]] = targets[i]
     metrics = dict(loss=float(loss), rec_loss=float(rec), cls_loss=float(cls), unlabeled_used=float(used.sum()),
                    pseudo_labels_new=float(new.sum()))
-    return params, opt_state, memory, grads, metrics
+    if teacher is None:
+      return params, opt_state, memory, grads, metrics
+    d = c.teacher_ema
+    return params, opt_state, memory, grads, metrics, jax.tree.map(lambda t, p: d * t + (1 - d) * p, teacher, params)
 
 
 # --- fixtures --------------------------------------------------------------------------------------------------------
@@ -193,6 +199,14 @@ class Setup:
     # config.unlabeled_cls_rows (speed): L_cls's pass over at most U - 1 gathered unlabeled rows.
     self.narrow_train_step = steps.make_train_step(
         self.model, self.tx, tiny_config(tau=self.config.tau, unlabeled_cls_rows=U - 1), self.mesh)
+    # config.teacher_ema (not in the paper): another network (here: another initialisation) picks the pseudo-labels,
+    # with a threshold in the gaps of its own confidences; the gathered pass with U - 1 rows.
+    self.teacher = init_params(self.model, seed=1)
+    self.teacher_config = tiny_config(tau=choose_tau(Reference(self.model, base), self.teacher, self.batch,
+                                                     self.remembered_slots), teacher_ema=0.9)
+    self.teacher_reference = Reference(self.model, self.teacher_config)
+    self.teacher_train_steps = {k: steps.make_train_step(self.model, self.tx, tiny_config(
+        tau=self.teacher_config.tau, teacher_ema=0.9, unlabeled_cls_rows=k), self.mesh) for k in (0, U - 1)}
 
   def device_batch(self, batch=None):
     return jax.device_put(batch if batch is not None else self.batch, sharding.data_sharded(self.mesh))
@@ -234,16 +248,21 @@ def _assert_trees_close(got, want, rtol, atol):
 CASES = ['closed_empty_memory', 'closed_with_memory', 'open_some_accepted']
 
 
-def _check_step_against_reference(s: Setup, train_step, reference, case: str) -> dict:
-  """One step of `train_step` from s.params in `case` against `reference`; returns the step's metrics."""
+def _check_step_against_reference(s: Setup, train_step, reference, case: str, teacher=None) -> dict:
+  """One step of `train_step` from s.params (and `teacher`) in `case` against `reference`; returns the step's
+  metrics."""
   memory = np.full(POOL, -1, np.int32) if case == 'closed_empty_memory' else s.memory
   gate_open = case == 'open_some_accepted'
-  state = make_state(s.params, s.tx, s.mesh, memory, gate_open)
+  state = make_state(s.params, s.tx, s.mesh, memory, gate_open, teacher)
   new_state, metrics = train_step(state, s.device_batch())
   metrics = jax.device_get(metrics)
 
-  _, _, want_memory, grads, want = reference.step(
-      s.params, s.tx.init(s.params), memory, gate_open, 0, s.batch, s.tx)
+  _, _, want_memory, grads, want, *want_teacher = reference.step(
+      s.params, s.tx.init(s.params), memory, gate_open, 0, s.batch, s.tx, teacher)
+  if teacher is None:
+    assert new_state.teacher is None
+  else:  # The teacher moved towards the updated parameters.
+    _assert_trees_close(new_state.teacher, want_teacher[0], rtol=1e-5, atol=1e-6)
   assert set(metrics) == METRIC_KEYS
   for key, value in want.items():
     np.testing.assert_allclose(metrics[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
@@ -297,6 +316,22 @@ def test_a_narrower_cls_pass_gives_the_reference_step(setup, narrow_steps, case,
   if case != 'closed_empty_memory':
     assert 3 <= candidates.sum() <= U - 1  # Each rows value meets one path.
   assert metrics['full_cls_pass'] == (case != 'closed_empty_memory' and candidates.sum() > rows)
+
+
+@pytest.mark.parametrize('rows', [0, U - 1])
+@pytest.mark.parametrize('case', CASES)
+def test_a_teacher_picks_the_pseudo_labels(setup, case, rows):
+  """config.teacher_ema: the selection rule on the teacher's softmax; the parameters train on its targets."""
+  s = setup
+  metrics = _check_step_against_reference(s, s.teacher_train_steps[rows], s.teacher_reference, case, s.teacher)
+  if case == 'open_some_accepted':
+    # Not vacuous: the teacher accepts other examples than the parameters themselves would.
+    c = s.teacher_config
+    picks = lambda p_w, p_s: (p_w.max(-1) > c.tau) & (p_s.max(-1) > c.tau) & (p_w.argmax(-1) == p_s.argmax(-1))
+    assert (picks(*s.reference.probs(s.teacher, s.batch)) != picks(*s.reference.probs(s.params, s.batch))).any()
+    assert metrics['full_cls_pass'] == (rows == 0 or metrics['unlabeled_used'] > rows)
+  else:
+    assert metrics['full_cls_pass'] == (case != 'closed_empty_memory' and (rows == 0 or len(s.remembered_slots) > rows))
 
 
 def test_the_strong_view_lever_changes_only_what_the_used_examples_train_on(setup):
@@ -374,15 +409,17 @@ def test_train_step_is_traced_once(setup):
 def device_cases(s: Setup) -> list[dict]:
   """One step from the same start for each case, on `s.mesh`: losses, selection counts, memory, a params sum."""
   out = []
-  for train_step, memory, gate_open in [(s.train_step, None, False), (s.train_step, s.memory, False),
-                                        (s.train_step, s.memory, True), (s.narrow_train_step, s.memory, False),
-                                        (s.narrow_train_step, s.memory, True)]:
-    state, metrics = train_step(make_state(s.params, s.tx, s.mesh, memory, gate_open), s.device_batch())
+  for train_step, memory, gate_open, teacher in [
+      (s.train_step, None, False, None), (s.train_step, s.memory, False, None), (s.train_step, s.memory, True, None),
+      (s.narrow_train_step, s.memory, False, None), (s.narrow_train_step, s.memory, True, None),
+      (s.teacher_train_steps[U - 1], s.memory, True, s.teacher)]:
+    state, metrics = train_step(make_state(s.params, s.tx, s.mesh, memory, gate_open, teacher), s.device_batch())
     metrics = jax.device_get(metrics)
     out.append(dict(devices=int(s.mesh.devices.size), memory=np.asarray(state.pseudo_labels).tolist(),
                     losses=[float(metrics[k]) for k in ('loss', 'rec_loss', 'cls_loss', 'grad_norm')],
                     counts=[float(metrics[k]) for k in ('unlabeled_used', 'pseudo_labels_new', 'full_cls_pass')],
-                    param_sum=float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params)))))
+                    param_sum=float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves([state.params,
+                                                                                      state.teacher])))))
   return out
 
 
@@ -391,11 +428,11 @@ def test_four_devices_give_the_same_loss_and_memory_as_one(setup, four_devices):
   assert four_devices.returncode == 0, stderr[-3000:]
   four = json.loads(stdout.strip().splitlines()[-1])
   one = device_cases(setup)
-  assert [c['devices'] for c in four] == [4] * 5 and [c['devices'] for c in one] == [1] * 5
+  assert [c['devices'] for c in four] == [4] * 6 and [c['devices'] for c in one] == [1] * 6
   for a, b in zip(four, one):
     np.testing.assert_allclose(a['losses'], b['losses'], rtol=1e-5)
     np.testing.assert_allclose(a['param_sum'], b['param_sum'], rtol=1e-5)
     assert a['counts'] == b['counts']
     assert a['memory'] == b['memory']
-  assert one[2]['counts'][1] > 0  # the gate-open case assigns new pseudo-labels
-  assert [c['counts'][2] for c in one] == [0, 1, 1, 0, 0]  # the last two took the gathered pass
+  assert one[2]['counts'][1] > 0 and one[5]['counts'][1] > 0  # the gate-open cases assign new pseudo-labels
+  assert [c['counts'][2] for c in one][:5] == [0, 1, 1, 0, 0]  # the narrow ones took the gathered pass

@@ -112,8 +112,9 @@ class TestSmokeRun:
 @needs_cifar10
 def test_resume_matches_uninterrupted(tmp_path, small_cifar10):
   # 7 steps per epoch: the 16 steps cross the evaluations at steps 7 and 14; the stop at step 6 saves the checkpoint
-  # the resumed run starts from, before the first periodic one (step 8).
-  config = small_config(small_cifar10, num_steps=16)
+  # the resumed run starts from, before the first periodic one (step 8). With a teacher (config.teacher_ema), the
+  # one part of the state the paper's runs lack (test_reliability resumes those from kill -9 and SIGTERM).
+  config = small_config(small_cifar10, num_steps=16, teacher_ema=0.9)
   full_results = train.train_and_evaluate(config, str(tmp_path / 'full'))
 
   assert train.train_and_evaluate(config, str(tmp_path / 'split'), preemption=train.StopAtStep(6)) is None
@@ -132,6 +133,8 @@ def test_resume_matches_uninterrupted(tmp_path, small_cifar10):
   for a, b in zip(jax.tree.leaves(full_state), jax.tree.leaves(resumed_state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert int(np.sum(np.asarray(resumed_state.pseudo_labels) >= 0)) > 0
+  head = lambda params: np.asarray(params['head']['kernel'])
+  assert not np.allclose(head(resumed_state.teacher), head(resumed_state.params))  # It lags the parameters.
   drop = ('wall_seconds', 'config', 'history')
   assert {k: v for k, v in full_results.items() if k not in drop} == \
       {k: v for k, v in resumed_results.items() if k not in drop}
