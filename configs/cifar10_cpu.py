@@ -17,8 +17,9 @@ at the same FLOPs on split 0, hence a reconstruction-only stage first. Best vali
 scratch: 57.8 / 55.6% on split 0, 61.0 / 57.4% on split 1, 58.2 / 56.0% on split 2.
 Test accuracy on split seed 3, never used for a choice: 59.23% (its twin from the same pre-training: 57.70%;
 supervised from scratch at 6,000 steps: 52.71% over splits 0-2); 58.69 +- 0.54% over split seeds 0-3. At equal
-FLOPs supervised from the same pre-training (15,000 steps) leads: 60.33% on split 3, 60.94% on split 1 (recipe:
-59.07%); supervised from scratch (22,000 steps) trails: 54.68% on split 3. README "Results"; docs/results/.
+FLOPs supervised from the same pre-training (15,000 steps) leads on every split: 60.59 +- 0.31% over split seeds
+0-3; supervised from scratch (22,000 steps) trails: 54.68% on split 3. MAE pre-training (17,300 steps) ->
+fine-tuning at the same FLOPs: 62.02 +- 0.60% over split seeds 0-2. README "Results"; docs/results/.
 Next candidate, validated on split 1 only: --config.num_steps=8000 --config.unlabeled_cls_rows=8 (best validation
 63.6% against 61.0%; test 61.59%, a tie with supervised from the same stage at its FLOPs, 61.53%).
 """
