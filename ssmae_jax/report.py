@@ -31,8 +31,9 @@ RUN_FOLDERS = ('checkpoints', 'best', 'figures', 'compilation_cache', 'profile')
 METHOD_ORDER = ('supervised', 'mae_pretrain', 'finetune', 'ssmae')
 BUDGET_METHOD = 'ssmae'  # The equal-compute view reads the other rows at this method's wall time and FLOPs.
 # Fields that say where or how a run was kept, not what it learned; seeds and splits are what a row averages over.
-# (init_from counts only as set or not: which run a row started from is a path.)
-NOT_A_VARIANT = ('seed', 'split_seed', 'data_dir', 'labeled_dir', 'unlabeled_dir', 'test_dir',
+# (init_from counts only as set or not: which run a row started from is a path.) unlabeled_cls_rows changes how fast
+# a step runs, not what it computes (configs/default.py), so runs with and without it are one variant.
+NOT_A_VARIANT = ('seed', 'split_seed', 'data_dir', 'labeled_dir', 'unlabeled_dir', 'test_dir', 'unlabeled_cls_rows',
                  *configuration.RESUME_SAFE_FIELDS)
 
 

@@ -33,9 +33,11 @@ def test_table_means_stds_and_paper_numbers(tmp_path, capsys):
 
 def test_runs_of_different_configs_are_rows_of_their_own(tmp_path, capsys):
   base = dict(dataset='cifar10', method='ssmae', label_fraction=0.1)
-  for seed, acc in enumerate([0.50, 0.52]):  # Seeds of one config, and a resume-safe field that may differ.
+  # Seeds of one config, with a resume-safe field and a speed-only one (the same step, gathered) that may differ.
+  for seed, acc in enumerate([0.50, 0.52]):
     write(tmp_path / f'a{seed}', **base, seed=seed, test_accuracy=acc,
-          config=dict(seed=seed, split_seed=seed, tau=0.95, log_every_steps=10 + seed, model=dict(width=128)))
+          config=dict(seed=seed, split_seed=seed, tau=0.95, log_every_steps=10 + seed, unlabeled_cls_rows=8 * seed,
+                      model=dict(width=128)))
   write(tmp_path / 'b', **base, seed=0, test_accuracy=0.60, config=dict(seed=0, tau=0.85, model=dict(width=128)))
   write(tmp_path / 'c', **base, seed=0, test_accuracy=0.70, config=dict(seed=0, tau=0.85, model=dict(width=64)))
 
