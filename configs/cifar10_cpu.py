@@ -20,7 +20,9 @@ Chosen on validation only, split seeds 0-2. Best validation accuracy:
 From scratch SSMAE reached 54.99 +- 0.97% test over split seeds 0-2; MAE pre-training -> fine-tuning beat it by 7
 points at the same FLOPs on split 0, hence a reconstruction-only stage first; the 4,000-step stage was still gaining
 at its end, hence 8,000. Test accuracy of the split seeds 0-2 runs: 61.40%, 61.59%, 60.53% (4,000 steps: 58.24%,
-59.07%, 58.21%). Split seed 3, never used for a choice, and the twins: README "Results"; every run in docs/results/.
+59.07%, 58.21%). Split seed 3, never used for a choice: 61.66% test in 40.1 minutes on quiet cores (stage 10.8,
+SSMAE 28.8); supervised from the same pre-training at the same 8,000 steps: 60.43%. More twins: README "Results";
+every run in docs/results/.
 """
 
 from configs import default
