@@ -6,7 +6,8 @@ Runs of one group whose configs differ in more than the seed (another tau, anoth
 averaged together: each variant gets its own row, named by the config fields that set it apart.
 A WORKDIR may also be a results.json file itself (e.g. the copies in docs/results/). With --equal_compute a second
 table gives each row's steps, wall time and training FLOPs, and its test accuracy at SSMAE's budget (`equal_compute`):
-that of the SSMAE row with the most runs, named below the table where there are several.
+that of the SSMAE row with the most runs, named below the table where there are several, or with --budget=TEXT the
+SSMAE row whose variant name contains TEXT (e.g. --budget=num_steps=8000).
 """
 
 import collections
@@ -16,6 +17,7 @@ import statistics
 import sys
 
 from ssmae_jax import configuration, fileio, flops
+from ssmae_jax.errors import UserError
 
 # Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (DESIGN.md §1). Percent.
 PAPER = {
@@ -138,24 +140,39 @@ def at_budget(results: dict, spent: list[float], budget: float) -> float | None:
   return 100 * within[-1] if within else None
 
 
-def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
+def _budget_rows(groups: dict, budget_variant: str | None = None) -> dict:
+  """(dataset, fraction) -> the BUDGET_METHOD row whose runs set the equal-compute budget: of several, the one whose
+  variant name contains `budget_variant`, else the one with the most runs (the recipe run on every split; ties: the
+  first). Each run is then read at the budget of that row's run of its seed (the same split), else at their mean."""
+  rows = collections.defaultdict(list)
+  for key in groups:
+    if key[1] == BUDGET_METHOD:
+      rows[(key[0], key[2])].append(key)
+  chosen, matched = {}, False
+  for setting, keys in rows.items():
+    named = [k for k in keys if budget_variant is not None and budget_variant in k[3]]
+    matched |= bool(named)
+    if len(named) > 1:
+      raise UserError(f'--budget={budget_variant} names {len(named)} SSMAE rows of {setting[0]} at '
+                      f'{100 * setting[1]:g}% labels ({"; ".join(k[3] for k in named)}): give more of one name')
+    chosen[setting] = named[0] if named else max(keys, key=lambda k: len(groups[k]))  # max: the first of a tie.
+  if budget_variant is not None and not matched:
+    raise UserError(f'--budget={budget_variant} names no SSMAE row: give part of a variant name from the table')
+  return chosen
+
+
+def equal_compute(runs: list[dict], count_flops: bool = True, budget_variant: str | None = None) -> str:
   """Each row's compute (steps, wall time, training FLOPs by XLA's count) and its test accuracy at SSMAE's compute:
   for a run that went on longer than the SSMAE run of its seed (its split; without one, the SSMAE runs' mean wall
   time / FLOPs), its last test evaluation within that budget. Wall times are only comparable between runs on
-  equally loaded cores."""
+  equally loaded cores. `budget_variant`: the SSMAE row whose variant name contains it sets the budget."""
   groups = grouped(runs)
   for r in runs:
     before = r['results'].get('pretraining', {}).get('wall_seconds', 0.0)  # Its pre-training stage comes first.
     r['wall'] = [before + rec['wall_seconds'] for rec in r['results']['history']] + [
         before + r['results']['wall_seconds']]
     r['flops'] = flops.run_flops(r['results']) if count_flops else None
-  # Each run is read at the budget of the BUDGET_METHOD run of its seed (the same split), else at their mean. Of
-  # several BUDGET_METHOD rows the one with the most runs sets it (the recipe run on every split; ties: the first).
-  budget_rows = {}
-  for key, members in groups.items():
-    dataset, method, fraction, _ = key
-    if method == BUDGET_METHOD and len(members) > len(groups.get(budget_rows.get((dataset, fraction)), [])):
-      budget_rows[(dataset, fraction)] = key
+  budget_rows = _budget_rows(groups, budget_variant)
   budgets = {}
   for setting, key in budget_rows.items():
     members = groups[key]
@@ -200,18 +217,26 @@ def equal_compute(runs: list[dict], count_flops: bool = True) -> str:
 
 def main(argv: list[str]) -> int:
   paths = [a for a in argv if not a.startswith('--')]
-  unknown = [a for a in argv if a.startswith('--') and a not in ('--equal_compute', '--no_flops')]
+  budget = next((a.split('=', 1)[1] for a in argv if a.startswith('--budget=')), None)
+  unknown = [a for a in argv if a.startswith('--') and a not in ('--equal_compute', '--no_flops')
+             and not a.startswith('--budget=')]
   if not paths or unknown:
-    print('usage: python -m ssmae_jax.report WORKDIR [WORKDIR ...] [--equal_compute [--no_flops]]', file=sys.stderr)
+    print('usage: python -m ssmae_jax.report WORKDIR [WORKDIR ...] [--equal_compute [--no_flops] '
+          '[--budget=VARIANT]]', file=sys.stderr)
     return 2
   runs = load(paths)
   if not runs:
     print(f'error: no finished run (results.json with a test accuracy) under {" ".join(paths)}', file=sys.stderr)
     return 2
+  try:
+    _budget_rows(grouped(runs), budget)  # A --budget that names no row, or two, fails before any table.
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   print(table(runs))
   if '--equal_compute' in argv:
     print()
-    print(equal_compute(runs, count_flops='--no_flops' not in argv))
+    print(equal_compute(runs, count_flops='--no_flops' not in argv, budget_variant=budget))
   return 0
 
 

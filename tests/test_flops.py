@@ -169,3 +169,33 @@ def test_of_several_ssmae_rows_the_one_with_the_most_runs_sets_the_budget():
   row = next(line for line in lines if '| supervised |' in line)
   assert row.endswith('| 58.00 | 45.00 | 1 |')  # Read at the recipe's 100 s (the test at 60 s), not at 30 s.
   assert lines[-1] == "cifar10, 10% labels: SSMAE's budget is the row num_steps=40."
+
+
+def test_the_budget_option_picks_the_ssmae_row_that_sets_the_budget(tmp_path, capsys):
+  import json
+  def ssmae(seed, wall, steps):
+    run = _run('ssmae', steps, wall, 0.5, [_record(0, wall=1), _record(steps, test=0.5, wall=wall)])
+    run['seed'] = run['results']['seed'] = seed
+    run['config'] = {'num_steps': steps}
+    return run
+  old, new = [ssmae(0, 30.0, 10), ssmae(1, 30.0, 10)], [ssmae(0, 100.0, 40), ssmae(1, 100.0, 40)]  # A tie: 2 runs.
+  supervised = _run('supervised', 400, 300.0, 0.58, [
+      _record(0, test=0.1, wall=1), _record(100, test=0.45, wall=60), _record(400, test=0.58, wall=300)])
+  lines = report.equal_compute([*old, *new, supervised], count_flops=False).splitlines()
+  assert next(line for line in lines if '| supervised |' in line).endswith('| 58.00 | 10.00 | 1 |')  # At 30 s.
+  lines = report.equal_compute([*old, *new, supervised], count_flops=False, budget_variant='num_steps=40').splitlines()
+  assert next(line for line in lines if '| supervised |' in line).endswith('| 58.00 | 45.00 | 1 |')  # At 100 s.
+  assert lines[-1] == "cifar10, 10% labels: SSMAE's budget is the row num_steps=40."
+
+  # The command: a name that matches no SSMAE row, or two, is one error line.
+  for i, run in enumerate([*old, new[0]]):
+    results = dict(run['results'], config=dict(num_steps=run['results']['steps']))
+    (tmp_path / f'{i}.json').write_text(json.dumps(results))
+  paths = [str(p) for p in sorted(tmp_path.glob('*.json'))]
+  assert report.main([*paths, '--equal_compute', '--no_flops', '--budget=num_steps=40']) == 0
+  assert "budget is the row num_steps=40." in capsys.readouterr().out
+  assert report.main([*paths, '--equal_compute', '--no_flops', '--budget=num_steps=99']) == 2
+  out, err = capsys.readouterr()
+  assert out == '' and err.strip().startswith('error: --budget=num_steps=99 names no SSMAE row')  # Before a table.
+  assert report.main([*paths, '--equal_compute', '--no_flops', '--budget=num_steps']) == 2
+  assert 'names 2 SSMAE rows' in capsys.readouterr().err
