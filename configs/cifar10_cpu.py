@@ -1,4 +1,4 @@
-"""SSMAE on CIFAR-10 with 10% labels, the recipe for 2 CPU cores (about 43 minutes when nothing else runs).
+"""SSMAE on CIFAR-10 with 10% labels, the recipe for 2 CPU cores (about 40 minutes when nothing else runs).
 
   TFDS_DATA_DIR=../shared/tfds python main.py --config=configs/cifar10_cpu.py --workdir=/tmp/ssmae_c10_cpu
   ... --config.method=supervised --workdir=/tmp/sup_c10_cpu  # the twin: the same pre-training, then supervised
