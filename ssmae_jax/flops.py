@@ -71,10 +71,19 @@ def step_kinds(config) -> dict[str, dict[str, int]]:
   return kinds
 
 
-@functools.cache
 def _kind_flops(config_json: str, kind: str) -> float:
   config = ml_collections.ConfigDict(json.loads(config_json))
-  return work_flops(models.from_config(config, NUM_CLASSES), config, **step_kinds(config)[kind])
+  # Compiled once per model and work: runs that differ in seeds, steps or anything else a step's program does not
+  # read (the report's many runs of a few models) share the count.
+  work = dict(model=config.model.to_dict(), image_size=config.image_size, mask_ratio=config.mask_ratio,
+              optimizer=dict(weight_decay=config.optimizer.weight_decay))
+  return _work_flops(json.dumps(work, sort_keys=True), **step_kinds(config)[kind])
+
+
+@functools.cache
+def _work_flops(work_json: str, rec: int, cls: int, forward: int) -> float:
+  config = ml_collections.ConfigDict(json.loads(work_json))
+  return work_flops(models.from_config(config, NUM_CLASSES), config, rec=rec, cls=cls, forward=forward)
 
 
 def pretraining_flops(results: dict) -> float:

@@ -45,6 +45,26 @@ def test_step_kinds_follow_the_method():
   assert flops.step_kinds(config_for('supervised', teacher_ema=0.99)) == flops.step_kinds(config_for('supervised'))
 
 
+def test_runs_of_one_model_share_each_compiled_count(monkeypatch):
+  """The report counts dozens of runs of a few models: each step kind's program compiles once per model, not per run."""
+  compiled = []
+  monkeypatch.setattr(flops, 'work_flops', lambda model, config, **work: compiled.append(work) or 1.0)
+  flops._work_flops.cache_clear()
+  try:
+    run = lambda **overrides: config_for('ssmae', **overrides).to_json()
+    flops._kind_flops(run(seed=0, split_seed=0, num_steps=100), 'gate_open')
+    flops._kind_flops(run(seed=1, split_seed=1, num_steps=200, tau=0.7, pretrain_steps=10), 'gate_open')
+    assert len(compiled) == 1
+    flops._kind_flops(run(seed=0), 'labeled_only')  # Another kind: other work.
+    wider = config_for('ssmae')
+    wider.model.width *= 2
+    flops._kind_flops(wider.to_json(), 'gate_open')  # Another model.
+    flops._kind_flops(run(mask_ratio=0.5), 'gate_open')  # Another reconstruction pass.
+    assert len(compiled) == 4
+  finally:
+    flops._work_flops.cache_clear()
+
+
 def _record(step, gate_open=False, pseudo_labels=0, test=None, wall=0.0):
   return dict(step=step, gate_open=gate_open, pseudo_labels_total=pseudo_labels, test_accuracy=test, wall_seconds=wall)
 
