@@ -29,7 +29,7 @@ def _loss(x) -> str:
 
 def summary_table(history: list[dict], method) -> str:
   """The run at a glance, one row per evaluation, for the end of the console output; only the columns that
-  `method` (a methods.Method) has."""
+  `method` (a methods.Method) has. The last row is the evaluation after the last step: its gate decides nothing."""
   columns = [('epoch', lambda r: str(r['epoch']))]
   if method.classifies:
     columns += [('train acc', lambda r: pct(r['train_labeled_accuracy'])),
@@ -38,7 +38,7 @@ def summary_table(history: list[dict], method) -> str:
     columns += [('train rec loss', lambda r: _loss(r['train_rec_loss']))]
   if method.gated:
     columns += [('HCA (n)', lambda r: f'{pct(r["val_hca"])} ({r["val_num_confident"]})'),
-                ('gate', lambda r: 'open' if r['gate_open'] else 'closed')]
+                ('gate', lambda r: '—' if r is history[-1] else 'open' if r['gate_open'] else 'closed')]
   if method.classifies:
     columns += [('test acc', lambda r: pct(r['test_accuracy']))]
   if method.gated:
@@ -58,8 +58,9 @@ def epoch_line(method, record: dict, final: bool) -> str:
   else:
     parts.append(f'train rec loss {_loss(r["train_rec_loss"])}')
   if method.gated:
-    parts += [f'HCA {pct(r["val_hca"])} ({r["val_num_confident"]} confident)',
-              f'gate {"open" if r["gate_open"] else "closed"}']
+    parts.append(f'HCA {pct(r["val_hca"])} ({r["val_num_confident"]} confident)')
+    if not final:  # After the last step the gate decides nothing.
+      parts.append(f'gate {"open" if r["gate_open"] else "closed"}')
   if method.classifies:
     parts.append(f'test acc {pct(r["test_accuracy"])}')
   if method.gated:

@@ -244,10 +244,12 @@ def test_summary_table_has_a_row_per_evaluation():
   record = dict(epoch=0, train_labeled_accuracy=None, val_accuracy=0.5, val_hca=0.75, val_num_confident=4,
                 gate_open=True, test_accuracy=None, pseudo_labels_total=7, pseudo_labels_new=3,
                 pseudo_label_precision=0.5, train_rec_loss=0.25)
-  rows = reporting.summary_table([record, dict(record, epoch=1, gate_open=False)], methods.get('ssmae')).splitlines()
-  assert len(rows) == 4
+  history = [record, dict(record, epoch=1, gate_open=False), dict(record, epoch=2, gate_open=False)]
+  rows = reporting.summary_table(history, methods.get('ssmae')).splitlines()
+  assert len(rows) == 5
   assert rows[2] == '| 0 | n/a | 50.00% | 75.00% (4) | open | n/a | 7 (3) | 50.00% |'
   assert '| closed |' in rows[3]
+  assert '| — |' in rows[4]  # The evaluation after the last step: its gate decides nothing.
   # Only the columns a method has: no accuracy, gate or pseudo-labels for MAE pre-training, no gate for supervised.
   assert reporting.summary_table([record], methods.get('mae_pretrain')).splitlines()[::2] == [
       '| epoch | train rec loss |', '| 0 | 0.2500 |']
@@ -260,7 +262,10 @@ def test_console_lines_show_only_what_the_method_has():
                 gate_open=True, test_accuracy=0.25, pseudo_labels_total=7, pseudo_labels_new=3,
                 pseudo_label_precision=0.5, train_rec_loss=0.25)
   line = lambda name, final=False: reporting.epoch_line(methods.get(name), record, final)
-  assert line('ssmae', final=True) == ('epoch 3 (final) | val acc 50.00% | HCA 75.00% (4 confident) | gate open | '
+  assert line('ssmae') == ('epoch 3 | val acc 50.00% | HCA 75.00% (4 confident) | gate open | test acc 25.00% | '
+                           'pseudo-labels 7 (+3, precision 50.00%)')
+  # After the last step the gate decides nothing: the final line does not say it closed.
+  assert line('ssmae', final=True) == ('epoch 3 (final) | val acc 50.00% | HCA 75.00% (4 confident) | '
                                        'test acc 25.00% | pseudo-labels 7 (+3, precision 50.00%)')
   assert line('mae_pretrain') == 'epoch 3 | train rec loss 0.2500'
   assert line('finetune') == 'epoch 3 | val acc 50.00% | test acc 25.00%'
