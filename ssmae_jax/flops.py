@@ -94,9 +94,16 @@ def pretraining_flops(results: dict) -> float:
   return results['pretraining']['steps'] * _kind_flops(json.dumps(config, sort_keys=True), 'step')
 
 
+def before_flops(results: dict) -> float:
+  """Training FLOPs before a run's first step: its pre-training stage's (config.pretrain_steps), or the whole of the
+  run it started from (config.init_from; results.json's 'initialization'); 0 without either."""
+  initialization = results.get('initialization')
+  return pretraining_flops(results) + (run_flops(initialization)[-1] if initialization else 0.0)
+
+
 def run_flops(results: dict) -> list[float]:
   """Training FLOPs of a finished run up to each of its evaluations (history records) and, last, to its end;
-  a pre-training stage's (config.pretrain_steps) come first.
+  those before its first step (`before_flops`: a pre-training stage, or the run it started from) come first.
 
   Each epoch's steps count the FLOPs of the step kind its gate record says it took: 'gate_open' while open; with
   the gate closed, 'with_memory' once the sticky memory holds a label (an upper bound: a batch without a
@@ -108,7 +115,7 @@ def run_flops(results: dict) -> list[float]:
   config_json = json.dumps(config, sort_keys=True)
   kinds = step_kinds(ml_collections.ConfigDict(config))
   history = results['history']
-  done, out = pretraining_flops(results), []
+  done, out = before_flops(results), []
   for record, following in zip(history, history[1:] + [None]):
     out.append(done)
     steps = (following['step'] if following else results['steps']) - record['step']

@@ -161,14 +161,22 @@ def _budget_rows(groups: dict, budget_variant: str | None = None) -> dict:
   return chosen
 
 
+def wall_before(results: dict) -> float:
+  """Wall seconds before a run's first step: its pre-training stage's, or the whole of the run it started from."""
+  initialization = results.get('initialization')
+  return (results.get('pretraining', {}).get('wall_seconds', 0.0) +
+          (wall_before(initialization) + initialization['wall_seconds'] if initialization else 0.0))
+
+
 def equal_compute(runs: list[dict], count_flops: bool = True, budget_variant: str | None = None) -> str:
   """Each row's compute (steps, wall time, training FLOPs by XLA's count) and its test accuracy at SSMAE's compute:
   for a run that went on longer than the SSMAE run of its seed (its split; without one, the SSMAE runs' mean wall
-  time / FLOPs), its last test evaluation within that budget. Wall times are only comparable between runs on
+  time / FLOPs), its last test evaluation within that budget. A run's compute begins with what came before its first
+  step: its pre-training stage, or the run it started from (results.json's 'initialization'). Wall times are only comparable between runs on
   equally loaded cores. `budget_variant`: the SSMAE row whose variant name contains it sets the budget."""
   groups = grouped(runs)
   for r in runs:
-    before = r['results'].get('pretraining', {}).get('wall_seconds', 0.0)  # Its pre-training stage comes first.
+    before = wall_before(r['results'])  # Its pre-training stage, or the run it started from, comes first.
     r['wall'] = [before + rec['wall_seconds'] for rec in r['results']['history']] + [
         before + r['results']['wall_seconds']]
     r['flops'] = flops.run_flops(r['results']) if count_flops else None

@@ -219,8 +219,9 @@ class Reporter:
 
 
 def results(exp, log, test_at_best: float | None) -> dict:
-  """results.json: the run's final numbers, its history and its config (and its pre-training stage's steps and wall
-  time: config.pretrain_steps)."""
+  """results.json: the run's final numbers, its history and its config; and what came before its first step, whose
+  compute the report counts with the run's: its pre-training stage's steps and wall time (config.pretrain_steps), or
+  the results.json of the run it started from (config.init_from), where that run wrote one."""
   last = log.history[-1]
   out = dict(
       method=exp.config.method,
@@ -247,6 +248,8 @@ def results(exp, log, test_at_best: float | None) -> dict:
   if exp.config.pretrain_steps:
     pre = fileio.read_json(exp.workdir / experiment.PRETRAIN_DIR / 'results.json')
     out['pretraining'] = dict(steps=pre['steps'], wall_seconds=pre['wall_seconds'])
+  if exp.config.init_from and (fileio.path(exp.config.init_from) / 'results.json').exists():
+    out['initialization'] = fileio.read_json(fileio.path(exp.config.init_from) / 'results.json')
   return out
 
 

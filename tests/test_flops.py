@@ -175,6 +175,28 @@ def test_a_pretraining_stage_counts_before_the_run(monkeypatch):
   assert row.endswith('| 10 | 3.7 | 60.00 | 50.00 | 1 |')
 
 
+def test_the_run_a_run_started_from_counts_before_it(monkeypatch):
+  """config.init_from: fine-tuning's compute begins with its MAE pre-training run's (results.json's 'initialization',
+  itself perhaps started from a stage or a run)."""
+  monkeypatch.setattr(flops, '_kind_flops', lambda config_json, kind: 3.0 if '"mae_pretrain"' in config_json else 1.0)
+  mae = dict(config=config_for('mae_pretrain').to_dict(), steps=30, wall_seconds=50.0,
+             history=[_record(0), _record(30)])
+  finetune = dict(config=config_for('finetune', init_from='/runs/mae').to_dict(), steps=10, wall_seconds=20.0,
+                  history=[_record(0), _record(10)], initialization=mae)
+  assert flops.run_flops(finetune) == [90, 100, 100]  # 30 MAE steps at 3, then 10 fine-tuning steps at 1.
+  assert flops.run_flops(dict(finetune, initialization=dict(mae, initialization=mae)))[-1] == 190
+
+  ssmae = _run('ssmae', 100, 200.0, 0.55, [_record(0, wall=1), _record(100, test=0.55, wall=200)])
+  tuned = _run('finetune', 10, 100.0, 0.6, [_record(0, test=0.1, wall=1), _record(5, test=0.5, wall=60),
+                                            _record(10, test=0.6, wall=100)])
+  tuned['results']['initialization'] = dict(mae, wall_seconds=100.0, pretraining=dict(steps=5, wall_seconds=20.0))
+  row = next(line for line in report.equal_compute([ssmae, tuned], count_flops=False).splitlines()
+             if '| finetune |' in line)
+  # 220 s in all (3.7 min): the run it started from (100 s after its own 20 s stage), then its own 100 s; within
+  # SSMAE's 200 s, the last test is the one at 120 + 60 s.
+  assert row.endswith('| 10 | 3.7 | 60.00 | 50.00 | 1 |')
+
+
 def test_of_several_ssmae_rows_the_one_with_the_most_runs_sets_the_budget():
   def ssmae(seed, wall, steps):
     run = _run('ssmae', steps, wall, 0.5, [_record(0, wall=1), _record(steps, test=0.5, wall=wall)])

@@ -97,7 +97,10 @@ class TestPretrainThenFinetune:
     loaded_val = finetune.evaluate(finetune.state.params, 'val')
     assert loaded_val.count == len(finetune.splits.val_idx)
     train.train_and_evaluate(finetune.config, finetune_dir, experiment=finetune)
-    assert results_of(finetune_dir)['method'] == 'finetune'
+    results = results_of(finetune_dir)
+    assert results['method'] == 'finetune'
+    # The run it started from comes with it, whole: the report counts that run's compute before this one's.
+    assert results['initialization'] == results_of(pretrain_dir)
 
   def test_pretrain_steps_runs_this_pipeline_in_one_call(self, pretrained, config_for, tmp_path, capsys):
     pretrain, pretrain_dir, _ = pretrained
