@@ -172,8 +172,9 @@ def equal_compute(runs: list[dict], count_flops: bool = True, budget_variant: st
   """Each row's compute (steps, wall time, training FLOPs by XLA's count) and its test accuracy at SSMAE's compute:
   for a run that went on longer than the SSMAE run of its seed (its split; without one, the SSMAE runs' mean wall
   time / FLOPs), its last test evaluation within that budget. A run's compute begins with what came before its first
-  step: its pre-training stage, or the run it started from (results.json's 'initialization'). Wall times are only comparable between runs on
-  equally loaded cores. `budget_variant`: the SSMAE row whose variant name contains it sets the budget."""
+  step: its pre-training stage, or the run it started from (results.json's 'initialization'). Wall times are only
+  comparable between runs on equally loaded cores. `budget_variant`: the SSMAE row whose variant name contains it
+  sets the budget."""
   groups = grouped(runs)
   for r in runs:
     before = wall_before(r['results'])  # Its pre-training stage, or the run it started from, comes first.

@@ -248,8 +248,9 @@ def results(exp, log, test_at_best: float | None) -> dict:
   if exp.config.pretrain_steps:
     pre = fileio.read_json(exp.workdir / experiment.PRETRAIN_DIR / 'results.json')
     out['pretraining'] = dict(steps=pre['steps'], wall_seconds=pre['wall_seconds'])
-  if exp.config.init_from and (fileio.path(exp.config.init_from) / 'results.json').exists():
-    out['initialization'] = fileio.read_json(fileio.path(exp.config.init_from) / 'results.json')
+  source = fileio.path(exp.config.init_from) / 'results.json' if exp.config.init_from else None
+  if source and source.exists():
+    out['initialization'] = fileio.read_json(source)
   return out
 
 
