@@ -229,6 +229,9 @@ def test_init_from_a_bucket_run(finished, in_process, bucket, capsys):
   train.train_and_evaluate(in_process, workdir)
   assert 'Done:' in capsys.readouterr().out
   assert _read_json(bucket, f'{workdir}/config.json')['init_from'] == finished
+  # The run it started from comes with it from the bucket: the report counts its compute first.
+  source = _read_json(bucket, f'{finished}/results.json')
+  assert _read_json(bucket, f'{workdir}/results.json')['initialization'] == source
 
 
 def test_a_pretraining_stage_in_a_bucket_workdir(in_process, bucket, capsys):
