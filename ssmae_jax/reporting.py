@@ -242,6 +242,9 @@ def results(exp, log, test_at_best: float | None) -> dict:
       epochs=exp.total_steps / exp.steps_per_epoch,
       nonfinite_steps_skipped=log.skipped_steps,
       wall_seconds=log.wall_seconds,
+      # This command's whole wall time, from its process's start (imports, compiling and a pre-training stage in
+      # the same command included); a resumed run counts only the command that finished it.
+      command_wall_seconds=runtime.command_wall_seconds(),
       history=log.history,
       config=configuration.to_dict(exp.config),
   )

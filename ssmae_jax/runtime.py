@@ -4,6 +4,7 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 
 import jax
 
@@ -12,6 +13,27 @@ from ssmae_jax import fileio
 # Device files an accelerator's driver creates: TPU VMs (/dev/accel* up to v4, /dev/vfio/N from v5), NVIDIA GPUs.
 _ACCELERATOR_DEVICES = {'tpu': ('/dev/accel*', '/dev/vfio/[0-9]*'), 'gpu': ('/dev/nvidia[0-9]*',)}
 _JAX_EXTRA = {'tpu': 'tpu', 'gpu': 'cuda13'}
+
+
+def _process_start_time() -> float:
+  """When this process started (epoch seconds): Linux's record of it, which an exec (main.py's re-exec) keeps; elsewhere
+  when this module was imported."""
+  try:
+    with open('/proc/self/stat') as f:
+      ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # Field 22, starttime, in clock ticks after boot.
+    with open('/proc/stat') as f:
+      boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
+    return boot + ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError, StopIteration):
+    return time.time()
+
+
+_PROCESS_START = _process_start_time()
+
+
+def command_wall_seconds() -> float:
+  """Wall seconds since this process (the command, e.g. `python main.py ...`) started: start-up and imports included."""
+  return time.time() - _PROCESS_START
 
 
 def install_line(platform: str) -> str:

@@ -136,6 +136,7 @@ def _outputs_of(results: dict) -> dict:
   """results.json's content without the wall times (what must repeat exactly)."""
   results = dict(results, history=[{k: v for k, v in r.items() if k != 'wall_seconds'} for r in results['history']])
   results.pop('wall_seconds')
+  results.pop('command_wall_seconds')
   return results
 
 

@@ -63,6 +63,8 @@ class TestSmokeRun:
     assert saved['pseudo_labels_total'] > 0  # tau is low in the smoke config.
     assert 0.0 <= saved['pseudo_label_precision'] <= 1.0
     assert results['test_accuracy'] == saved['test_accuracy']
+    # From the process's start: at least the run's own clock.
+    assert saved['command_wall_seconds'] >= saved['wall_seconds'] > 0
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
     with open(os.path.join(workdir, 'history.json')) as f:
       history = json.load(f)
@@ -135,7 +137,7 @@ def test_resume_matches_uninterrupted(tmp_path, small_cifar10):
   assert int(np.sum(np.asarray(resumed_state.pseudo_labels) >= 0)) > 0
   head = lambda params: np.asarray(params['head']['kernel'])
   assert not np.allclose(head(resumed_state.teacher), head(resumed_state.params))  # It lags the parameters.
-  drop = ('wall_seconds', 'config', 'history')
+  drop = ('wall_seconds', 'command_wall_seconds', 'config', 'history')
   assert {k: v for k, v in full_results.items() if k not in drop} == \
       {k: v for k, v in resumed_results.items() if k not in drop}
   # Train-metric means are sums of per-window float sums whose windows differ after a resume: equal up to rounding.
