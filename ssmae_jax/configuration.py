@@ -201,7 +201,7 @@ def declared(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def declarations() -> dict[str, Spec]:
   """Dotted field name -> its declaration, from configs/default.py."""
   if not _declarations:
-    importlib.import_module('configs.default').get_config()
+    importlib.import_module('ssmae_jax.configs.default').get_config()
   return _declarations
 
 

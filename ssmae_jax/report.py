@@ -78,7 +78,7 @@ def _config(results: dict, defaults: dict) -> dict:
 
 def load(paths: list[str]) -> list[dict]:
   # configs/default.py's values, flattened (the names are dotted already: flattening only encodes tuples).
-  defaults = _flatten(dict(configuration.fields(importlib.import_module('configs.default').get_config())))
+  defaults = _flatten(dict(configuration.fields(importlib.import_module('ssmae_jax.configs.default').get_config())))
   runs = []
   for path in find_results(paths):
     r = fileio.read_json(path)

@@ -53,7 +53,7 @@ SMALL_RUN = {
 
 def small_config(data_dir: str, **overrides):
   """SMALL_RUN's config reading `data_dir` (`small_cifar10`), with `overrides` (dotted names for nested fields)."""
-  from configs import smoke
+  from ssmae_jax.configs import smoke
   c = smoke.get_config()
   c.data_dir = data_dir
   for name, value in {**SMALL_RUN, **overrides}.items():

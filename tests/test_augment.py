@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import augment
 from ssmae_jax.errors import UserError
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, needs_cifar10
 
 TINY_CONFIG = '''
-from configs import smoke
+from ssmae_jax.configs import smoke
 
 
 def get_config():

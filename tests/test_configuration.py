@@ -12,7 +12,7 @@ import time
 import ml_collections
 import pytest
 
-from configs import default
+from ssmae_jax.configs import default
 from ssmae_jax import configuration
 from ssmae_jax.configuration import Float, Int, OneOf, Text, Tuple
 from ssmae_jax.errors import UserError

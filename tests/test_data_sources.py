@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import data_sources, folder_data, input_pipeline
 
 SIZE = 12  # Stored images are SIZE x SIZE: the two sources hold the same pixels.

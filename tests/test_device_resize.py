@@ -11,7 +11,7 @@ import optax
 import pytest
 import tensorflow as tf
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import augment, masking, methods, models, predict, sharding, steps, train_state, visualize
 
 STORED, SIZE, L, U, POOL, CLASSES = 32, 64, 4, 8, 16, 10

@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import smoke
+from ssmae_jax.configs import smoke
 from ssmae_jax import flops, models, report
 
 

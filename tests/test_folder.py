@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import folder
+from ssmae_jax.configs import folder
 from ssmae_jax import configuration, data_record, data_sources, experiment, folder_data, inference, input_pipeline
 from ssmae_jax import predict, train
 from ssmae_jax.errors import UserError

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from ssmae_jax.configs import default
 from ssmae_jax import gate, methods, train_state
 
 TAU = 0.95

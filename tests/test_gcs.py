@@ -31,7 +31,7 @@ from etils.epath import gpath
 from conftest import needs_cifar10, small_config
 from test_reliability import OVERRIDES, _flags, _free_port, _outputs_of, _stop
 from test_report import _run_table_module
-from configs import folder
+from ssmae_jax.configs import folder
 from ssmae_jax import inference, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import input_pipeline
 from ssmae_jax.errors import UserError
 

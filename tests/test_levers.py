@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default, smoke
+from ssmae_jax.configs import default, smoke
 from ssmae_jax import baselines, gate, losses, masking, models, sharding, steps, train_state
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import masking, models
 
 TINY = dict(num_classes=10, image_size=16, patch_size=4, width=32, depth=2, num_heads=2, decoder_width=32,

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import masking, models, sharding, steps, train_state
 
 pytestmark = pytest.mark.slow  # Two compiles of the SSMAE step.

@@ -114,7 +114,7 @@ def test_cost_estimate_counts_the_flops_of_a_step(tmp_path):
       small['gflops_per_step_gate_open'] * 1e9 * 60 / 1e12 / 3600, rel=0.01)
   # A wider model costs more per step.
   config = tmp_path / 'wide.py'
-  config.write_text('from configs import smoke\n\ndef get_config():\n  c = smoke.get_config()\n'
+  config.write_text('from ssmae_jax.configs import smoke\n\ndef get_config():\n  c = smoke.get_config()\n'
                     '  c.model.width = 64\n  return c\n')
   assert estimate_cost.estimate(str(config), 1.0)['gflops_per_step_gate_open'] > small['gflops_per_step_gate_open']
 

@@ -17,7 +17,7 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from configs.default import get_config
+from ssmae_jax.configs.default import get_config
 from ssmae_jax import masking, models, sharding, steps, train_state
 
 L, U, POOL, SIZE, CLASSES = 4, 8, 32, 16, 10

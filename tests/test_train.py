@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
+from ssmae_jax.configs import smoke
 from ssmae_jax import checkpointing, experiment, inference, methods, reporting, train
 from ssmae_jax.errors import UserError
 

@@ -6,7 +6,7 @@ MAE baseline. Same model and step budget as configs/cifar10.py; its workdir is w
 Writes no accuracy (the head is never trained); results.json records the reconstruction loss history.
 """
 
-from configs import cifar10
+from ssmae_jax.configs import cifar10
 
 
 def get_config():

@@ -7,7 +7,7 @@ CIFAR-100 is not prepared on the project's offline machines: on a connected mach
 22.65% for its ViT-B/16.
 """
 
-from configs import cifar10
+from ssmae_jax.configs import cifar10
 
 
 def get_config():

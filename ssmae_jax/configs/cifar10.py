@@ -11,7 +11,7 @@ batch sizes, so expect ~5-20 ms/step -> roughly 10-40 minutes plus evaluation (e
 Expected: not yet measured at full length; the paper reports 56.80% for its ViT-B/16.
 """
 
-from configs import default
+from ssmae_jax.configs import default
 
 
 def get_config():

@@ -9,7 +9,7 @@ per epoch in the reference).
 Paper (ViT-B/16, CIFAR-10 10%): 54.84%.
 """
 
-from configs import cifar10
+from ssmae_jax.configs import cifar10
 
 
 def get_config():

@@ -7,7 +7,7 @@ Any SSMAE config becomes its supervised twin with `--config.method=supervised`. 
 47.56%. Cost: about a third of an SSMAE step (one labeled forward/backward).
 """
 
-from configs import cifar10
+from ssmae_jax.configs import cifar10
 
 
 def get_config():

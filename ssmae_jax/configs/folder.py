@@ -21,7 +21,7 @@ Cost: ~1.3 s/step on 2 CPU cores; on one GPU tens of ms/step. An epoch is (label
 --config.num_steps to fit the budget). Expected accuracy: depends on the data; not measured on real folders yet.
 """
 
-from configs import default
+from ssmae_jax.configs import default
 
 
 def get_config():

@@ -25,7 +25,7 @@ SSMAE 28.8); supervised from the same pre-training at the same 8,000 steps: 60.4
 every run in docs/results/.
 """
 
-from configs import default
+from ssmae_jax.configs import default
 
 
 def get_config():

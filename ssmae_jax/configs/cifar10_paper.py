@@ -10,7 +10,7 @@ on one H100-class GPU at 20-40% MFU (estimated, not measured), computing in bflo
 TPU). The input costs ~0.025 host CPU-s per step (benchmarks/input_pipeline.py), so one host core feeds ~40 steps/s.
 """
 
-from configs import cifar10
+from ssmae_jax.configs import cifar10
 
 
 def get_config():

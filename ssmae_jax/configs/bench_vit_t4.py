@@ -9,7 +9,7 @@ busy machine; best / median of 12 steps): gate closed 480-560 / 530-650 ms, gate
 (157 GFLOP, ~130 GF/s), compile 17-25 s. The benchmark itself takes about two minutes.
 """
 
-from configs import default
+from ssmae_jax.configs import default
 
 
 def get_config():

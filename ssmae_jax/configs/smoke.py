@@ -6,7 +6,7 @@ Expected: finishes with results.json; accuracies near chance (~15-25%), the gate
 and a few pseudo-labels are assigned (tau is low). It checks the plumbing, not the method.
 """
 
-from configs import default
+from ssmae_jax.configs import default
 
 
 def get_config():
