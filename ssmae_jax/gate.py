@@ -73,10 +73,13 @@ def update_memory(memory: jax.Array, indices: jax.Array, targets: jax.Array, new
 
 def memory_summary(memory: np.ndarray, hidden_labels: np.ndarray, num_classes: int) -> dict:
   """What the pseudo-label memory holds, on the host: total, precision against the hidden labels (None where none
-  is known: folder files), and the count per class."""
+  is known: folder files), the count per pseudo-label class, and per pseudo-label class how many of those whose true
+  label is known are right (`correct_per_class`; with `per_class`, the precision of each class's pseudo-labels)."""
   assigned = memory >= 0
   known = assigned & (hidden_labels >= 0)
   num_known = int(np.sum(known))
+  right = known & (memory == hidden_labels)
   return dict(total=int(np.sum(assigned)),
-              precision=(int(np.sum(known & (memory == hidden_labels))) / num_known if num_known else None),
-              per_class=np.bincount(memory[assigned], minlength=num_classes).astype(int).tolist())
+              precision=(int(np.sum(right)) / num_known if num_known else None),
+              per_class=np.bincount(memory[assigned], minlength=num_classes).astype(int).tolist(),
+              correct_per_class=np.bincount(memory[right], minlength=num_classes).astype(int).tolist())

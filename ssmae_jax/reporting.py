@@ -173,7 +173,8 @@ class Reporter:
     """An evaluation's record: TensorBoard, the reconstruction grid of `params`, history.json, one console line."""
     step = record['step']
     self.writer.write_scalars(step, {f'epoch/{k}': float(v) for k, v in record.items()
-                                     if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class')})
+                                     if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class',
+                                                                        'pseudo_labels_correct_per_class')})
     grid = reconstruction_figure(self.exp.model, params, self.figure_images, self.config,
                                  self.figures_dir / f'reconstruction_epoch_{record["epoch"]:03d}.png', self.is_main)
     self.writer.write_images(step, {'reconstruction': grid[None]})

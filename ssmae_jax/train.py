@@ -146,6 +146,7 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
                 test_accuracy=test.accuracy if test else None, test_hca=test.high_conf_accuracy if test else None,
                 pseudo_labels_total=memory['total'], pseudo_labels_new=memory['total'] - log.pseudo_labels_total,
                 pseudo_label_precision=memory['precision'], pseudo_labels_per_class=memory['per_class'],
+                pseudo_labels_correct_per_class=memory['correct_per_class'],
                 **log.take_epoch_means(), wall_seconds=clock.seconds())
   if log.close_epoch(record):
     exp.checkpoints.save_best(int(state.step), state.params, dict(epoch=epoch, val_accuracy=record['val_accuracy']))

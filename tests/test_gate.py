@@ -288,8 +288,9 @@ def test_memory_summary_counts_assigned_labels_and_their_precision():
   summary = gate.memory_summary(memory, hidden, 4)
   assert summary['total'] == 5 and summary['per_class'] == [1, 1, 3, 0]
   assert summary['precision'] == 3 / 4  # Of the 4 assigned with a known label, 3 agree.
+  assert summary['correct_per_class'] == [1, 0, 2, 0]  # Class 2: 2 of its 3 are right; class 1's label is unknown.
   empty = gate.memory_summary(np.full(5, -1, np.int32), np.zeros(5, np.int32), 3)
-  assert empty == dict(total=0, precision=None, per_class=[0, 0, 0])
+  assert empty == dict(total=0, precision=None, per_class=[0, 0, 0], correct_per_class=[0, 0, 0])
 
 
 # --- train_state.create ----------------------------------------------------------------------------------------------
