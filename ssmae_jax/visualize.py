@@ -9,11 +9,15 @@ import functools
 import io
 import json
 import math
+import textwrap
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import matplotlib.image
+import matplotlib.lines
+import matplotlib.patches
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -27,6 +31,10 @@ GAP_COLOUR = 255
 MIN_TILE_PX = 96
 FIG_SIZE_IN = (8.0, 5.0)
 FIG_DPI = 100
+DIAGNOSTICS_SIZE_IN = (12.0, 9.0)
+CLASS_TICKS_MAX = 20  # More class names than this would overlap on a panel's y axis.
+NOTE_WIDTH_CHARS = 60  # A panel's note, wrapped to stay inside its half of the figure.
+ANNOTATE_MAX_BARS = 40  # Up to this many gate decisions, each bar carries its count (narrower bars: unreadable).
 # losses.reconstruction_loss's norm_pix targets are (x - mean) / sqrt(var(ddof=1) + eps): undone exactly below.
 NORM_PIX_EPS = 1e-6
 # Gold: unlike the tab10 colours of the curves, so the shading never reads as part of a series.
@@ -286,7 +294,163 @@ def _plot_losses(history: dict, out_dir: str) -> str:
   return _save(fig, out_dir, 'losses.png')
 
 
+def _per_class(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(epochs [R], values [R, C]) of the records that have the per-class list `key`; ([], [0, 0]) when none has."""
+  rows = [r for r in records if r.get(key) is not None]
+  if not rows:
+    return np.zeros(0), np.zeros((0, 0))
+  return np.asarray([r['epoch'] for r in rows], np.float64), np.asarray([r[key] for r in rows], np.float64)
+
+
+def per_class_precision(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """(epochs, [R, C] precision of the memory's pseudo-labels of each class), NaN where a class has none yet.
+
+  Only records with `pseudo_labels_correct_per_class` count: histories written before it existed have no per-class
+  precision (the empty arrays), only the overall `pseudo_label_precision`. Nor do records whose overall precision
+  is None: no hidden label was known (folder files), so their zero correct counts say nothing.
+  """
+  rows = [r for r in records if r.get('pseudo_labels_correct_per_class') is not None and
+          r.get('pseudo_labels_per_class') is not None and r.get('pseudo_label_precision') is not None]
+  if not rows:
+    return np.zeros(0), np.zeros((0, 0))
+  correct = np.asarray([r['pseudo_labels_correct_per_class'] for r in rows], np.float64)
+  given = np.asarray([r['pseudo_labels_per_class'] for r in rows], np.float64)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    precision = np.where(given > 0, correct / given, np.nan)
+  return np.asarray([r['epoch'] for r in rows], np.float64), precision
+
+
+def _class_labels(history: dict, num_classes: int) -> list[str]:
+  return [str(n) for n in (history.get('class_names') or range(num_classes))]
+
+
+def _epoch_class_map(fig, ax, epochs: np.ndarray, values: np.ndarray, history: dict, cmap: str, vmax: float | None,
+                     colour_label: str) -> None:
+  """Epochs across, classes down, one coloured cell per (record, class); NaN cells stay blank."""
+  num_classes = values.shape[1]
+  half = 0.5 * (np.diff(epochs).min() if len(epochs) > 1 else 1.0)
+  colours = matplotlib.colormaps[cmap].with_extremes(bad='0.92')
+  image = ax.imshow(np.ma.masked_invalid(values.T), aspect='auto', origin='lower', interpolation='nearest',
+                    cmap=colours, vmin=0, vmax=vmax,
+                    extent=(epochs[0] - half, epochs[-1] + half, -0.5, num_classes - 0.5))
+  if num_classes <= CLASS_TICKS_MAX:
+    ax.set_yticks(np.arange(num_classes), _class_labels(history, num_classes), fontsize=8)
+  fig.colorbar(image, ax=ax, label=colour_label)
+  ax.set(xlabel='epoch', ylabel='pseudo-label class')
+
+
+def _note(ax, text: str) -> None:
+  ax.text(0.5, 0.5, textwrap.fill(text, NOTE_WIDTH_CHARS), transform=ax.transAxes, ha='center', va='center',
+          fontsize=9, color='0.3')
+
+
+def _diagnostics_unlabeled_used(ax, history: dict) -> None:
+  records = history['epochs']
+  _shade_gate(ax, records)
+  xs, ys = _series(records, 'train_unlabeled_used', 1.0, TRAIN_SHIFT)
+  ax.plot(xs, ys, 'o-', color='C2', ms=3, label='unlabeled examples in L_cls per step')
+  _mark_gate_opening(ax, history)
+  if not xs:
+    _note(ax, 'no unlabeled examples recorded (train_unlabeled_used): this method reads none, or no epoch ended yet')
+  ax.set(title='unlabeled examples used per step (epoch mean)', xlabel='epoch', ylabel='examples per step')
+  ax.set_ylim(bottom=0)
+  _legend(ax, loc='upper left', fontsize=8)
+
+
+def _diagnostics_coverage(fig, ax, history: dict) -> None:
+  epochs, counts = _per_class(history['epochs'], 'pseudo_labels_per_class')
+  if not counts.any():
+    _note(ax, 'the pseudo-label memory stayed empty')
+    ax.set(title='pseudo-label memory per class', xticks=[], yticks=[])
+    return
+  pool = history.get('unlabeled_class_counts')
+  if pool is not None and len(pool) == counts.shape[1] and min(pool) > 0:
+    # A share above 100% is a class taking images of other classes: the confirmation bias the gate should prevent.
+    _epoch_class_map(fig, ax, epochs, 100 * counts / np.asarray(pool, np.float64), history, 'viridis', None,
+                     "% of the pool's images of that class")
+  else:
+    _epoch_class_map(fig, ax, epochs, counts, history, 'viridis', None, 'pseudo-labels in the memory')
+  ax.set_title(f'pseudo-label memory per class ({int(counts[-1].sum()):,} at the last record)')
+
+
+def _diagnostics_precision(fig, ax, history: dict) -> None:
+  epochs, precision = per_class_precision(history['epochs'])
+  if len(epochs) and not np.isnan(precision).all():
+    _epoch_class_map(fig, ax, epochs, 100 * precision, history, 'RdYlGn', 100, 'precision (%, hidden labels)')
+    ax.set_title('pseudo-label precision per class')
+    return
+  # What older histories (and the epochs before the first pseudo-label) can show: the memory's overall precision.
+  xs, ys = _series(history['epochs'], 'pseudo_label_precision', 100)
+  ax.plot(xs, ys, 'd-', color='C3', ms=4, label='all classes')
+  ax.set(title='pseudo-label precision (all classes: no per-class record)' if not len(epochs) else
+         'pseudo-label precision', xlabel='epoch', ylabel='precision (%, hidden labels)', ylim=PERCENT_YLIM)
+  ax.set_xlim(min(r['epoch'] for r in history['epochs']) - 0.5, max(r['epoch'] for r in history['epochs']) + 0.5)
+  if not len(epochs):
+    ax.text(0.5, 0.04, textwrap.fill('per class cannot be drawn: these records have no '
+                                     'pseudo_labels_correct_per_class (written before it was recorded)',
+                                     NOTE_WIDTH_CHARS), transform=ax.transAxes, ha='center', va='bottom', fontsize=9,
+            color='0.3')
+  if not xs:
+    _note(ax, 'no pseudo-label yet')
+  _legend(ax, loc='upper right', fontsize=8)
+
+
+def _diagnostics_gate(ax, history: dict) -> None:
+  records = [r for r in history['epochs'] if r.get('val_num_confident') is not None]
+  steps_per_epoch = history.get('steps_per_epoch')
+  # The evaluation after the last step ends between epoch starts (or at one) and decides no gate.
+  after_last = [steps_per_epoch is not None and r is records[-1] and r['step'] != r['epoch'] * steps_per_epoch
+                for r in records]
+  x = [r['epoch'] for r in records]
+  counts = [r['val_num_confident'] for r in records]
+  colours = ['0.8' if last else GATE_COLOUR if r.get('gate_open') else '0.45' for r, last in zip(records, after_last)]
+  ax.bar(x, counts, 0.8, color=colours)
+  if len(records) <= ANNOTATE_MAX_BARS:
+    for xi, n in zip(x, counts):
+      ax.annotate(str(n), (xi, n), xytext=(0, 2), textcoords='offset points', ha='center', va='bottom', fontsize=7,
+                  rotation=90)
+  confidence = history.get('gate_confidence')
+  ax.set(title='gate decisions: confident validation examples behind HCA', xlabel='epoch',
+         ylabel=f'validation examples, confidence > {confidence}' if confidence is not None else 'confident examples')
+  ax.set_ylim(0, 1.15 * max(counts + [1]))
+  twin = ax.twinx()
+  twin.plot(*_series(records, 'val_hca', 100), 'o', color='C0', ms=4)
+  threshold = history.get('gate_threshold')
+  if threshold is not None:
+    twin.axhline(threshold * 100, color='C3', ls=':', lw=1.5)
+  twin.set(ylabel='validation HCA (%)', ylim=PERCENT_YLIM)
+  patches = [matplotlib.patches.Patch(color=GATE_COLOUR, label='confident count, gate opened'),
+             matplotlib.patches.Patch(color='0.45', label='confident count, gate closed')]
+  if any(after_last):
+    patches.append(matplotlib.patches.Patch(color='0.8', label='after the last step (no decision)'))
+  lines = [matplotlib.lines.Line2D([], [], color='C0', marker='o', ls='', label='HCA')]
+  if threshold is not None:
+    lines.append(matplotlib.lines.Line2D([], [], color='C3', ls=':', label=f'gate threshold {threshold:g}'))
+  # Below the axes: bars and HCA markers fill the panel from bottom to top.
+  ax.legend(handles=patches + lines, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8)
+
+
+def diagnostics_figure(history: dict) -> Figure:
+  """The pseudo-label stage at a glance, 2x2: unlabeled examples used per step; the memory per class (share of the
+  pool's class when its true balance is known, else counts); each class's precision (only where the history
+  records `pseudo_labels_correct_per_class`); the confident validation count and HCA behind each gate decision."""
+  fig = Figure(figsize=DIAGNOSTICS_SIZE_IN, dpi=FIG_DPI, layout='constrained')
+  FigureCanvasAgg(fig)
+  used, coverage, precision, gate_ax = fig.subplots(2, 2).ravel()
+  _diagnostics_unlabeled_used(used, history)
+  _diagnostics_coverage(fig, coverage, history)
+  _diagnostics_precision(fig, precision, history)
+  _diagnostics_gate(gate_ax, history)
+  fig.suptitle(_title(history, 'pseudo-label diagnostics'))
+  return fig
+
+
+def _plot_diagnostics(history: dict, out_dir: str) -> str:
+  return _save(diagnostics_figure(history), out_dir, 'diagnostics.png')
+
+
 def plot_history(history: dict, out_dir: str) -> list[str]:
-  """Writes accuracy, pseudo-label, per-class, HCA and loss PNGs (about 800x500 px) to `out_dir`; their paths."""
+  """Writes accuracy, pseudo-label, per-class, HCA and loss PNGs (about 800x500 px) and diagnostics.png (about
+  1200x900 px) to `out_dir`; their paths."""
   return [plot(history, out_dir) for plot in (_plot_accuracy, _plot_pseudo_labels, _plot_pseudo_label_classes,
-                                              _plot_hca, _plot_losses)]
+                                              _plot_hca, _plot_losses, _plot_diagnostics)]

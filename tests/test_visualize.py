@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
@@ -124,7 +125,7 @@ def _record(epoch, *, gate_open, test=True, precision=True, num_classes=10):
       pseudo_labels_per_class=[4 * max(epoch - 1, 0) + (c % 3) for c in range(num_classes)],
       train_loss=2.0 / epoch if trained else None, train_rec_loss=1.0 / epoch if trained else None,
       train_cls_loss=1.0 / epoch if trained else None, train_labeled_accuracy=0.1 * epoch if trained else None,
-      wall_seconds=10.0 * epoch)
+      train_unlabeled_used=0.5 * (epoch - 1) if trained else None, wall_seconds=10.0 * epoch)
 
 
 def _history(hidden_labels: bool = True, num_classes: int = 10) -> dict:
@@ -142,13 +143,90 @@ def _history(hidden_labels: bool = True, num_classes: int = 10) -> dict:
 def test_plot_history_writes_every_png(tmp_path, hidden_labels, num_classes):
   import matplotlib.pyplot as plt
   paths = visualize.plot_history(_history(hidden_labels, num_classes), str(tmp_path / 'plots'))
-  assert sorted(os.path.basename(p) for p in paths) == sorted(
-      ['accuracy.png', 'pseudo_labels.png', 'pseudo_label_classes.png', 'hca.png', 'losses.png'])
+  sizes = {'accuracy.png': (500, 800), 'pseudo_labels.png': (500, 800), 'pseudo_label_classes.png': (500, 800),
+           'hca.png': (500, 800), 'losses.png': (500, 800), 'diagnostics.png': (900, 1200)}
+  assert sorted(os.path.basename(p) for p in paths) == sorted(sizes)
   for path in paths:
     image = matplotlib.image.imread(path)
-    assert abs(image.shape[0] - 500) <= 5 and abs(image.shape[1] - 800) <= 5, (path, image.shape)
+    height, width = sizes[os.path.basename(path)]
+    assert abs(image.shape[0] - height) <= 5 and abs(image.shape[1] - width) <= 5, (path, image.shape)
     assert image[..., :3].std() > 0.02, path
   assert plt.get_fignums() == []
+
+
+def _with_correct_per_class(history: dict) -> dict:
+  """Each class c's pseudo-labels: all right but c % 3 of them (its count is 4 (epoch - 1) + c % 3)."""
+  epochs = [dict(r, pseudo_labels_correct_per_class=[n - c % 3 for c, n in enumerate(r['pseudo_labels_per_class'])])
+            for r in history['epochs']]
+  return dict(history, epochs=epochs)
+
+
+def _panels(fig):
+  """The diagnostics' four panels (colour bars and twin axes left out), in reading order."""
+  used, coverage, precision, gate = [ax for ax in fig.axes if ax.get_label() != '<colorbar>'][:4]
+  return used, coverage, precision, gate
+
+
+def test_per_class_precision_is_correct_over_given_and_blank_for_a_class_without_pseudo_labels():
+  epochs, precision = visualize.per_class_precision(_with_correct_per_class(_history())['epochs'])
+  # Epochs 0 and 1 have no pseudo-labels (overall precision None), so they are left out.
+  np.testing.assert_array_equal(epochs, [2, 3, 4])
+  given = np.asarray([[4 * (e - 1) + c % 3 for c in range(10)] for e in (2, 3, 4)], np.float64)
+  np.testing.assert_allclose(precision, (given - np.arange(10) % 3) / given)
+  history = _with_correct_per_class(_history())
+  history['epochs'][2]['pseudo_labels_per_class'][0] = 0
+  history['epochs'][2]['pseudo_labels_correct_per_class'][0] = 0
+  assert np.isnan(visualize.per_class_precision(history['epochs'])[1][0, 0])
+
+
+def test_per_class_precision_is_empty_for_a_history_written_before_it_was_recorded():
+  epochs, precision = visualize.per_class_precision(_history()['epochs'])
+  assert epochs.shape == (0,) and precision.size == 0
+
+
+def test_diagnostics_draw_per_class_precision_where_recorded():
+  history = _with_correct_per_class(_history())
+  used, coverage, precision, _ = _panels(visualize.diagnostics_figure(history))
+  # Epoch means, drawn mid-epoch like the other train curves.
+  series = used.get_lines()[0]
+  np.testing.assert_array_equal(series.get_xdata(), [0.5, 1.5, 2.5, 3.5])
+  np.testing.assert_array_equal(series.get_ydata(), [0.0, 0.5, 1.0, 1.5])
+  drawn = np.ma.filled(precision.get_images()[0].get_array(), np.nan).T  # Back to [epoch, class].
+  np.testing.assert_allclose(drawn, 100 * visualize.per_class_precision(history['epochs'])[1])
+  # The memory as a share of each class's pool images: epoch 4's class c holds 12 + c % 3 of 100 + c.
+  shares = coverage.get_images()[0].get_array().T
+  np.testing.assert_allclose(shares[4], [100 * (12 + c % 3) / (100 + c) for c in range(10)])
+
+
+def test_diagnostics_of_an_older_history_draw_the_overall_precision_and_say_why():
+  _, coverage, precision, _ = _panels(visualize.diagnostics_figure(_history()))
+  assert precision.get_images() == []
+  (overall,) = precision.get_lines()
+  np.testing.assert_array_equal(overall.get_ydata(), [80.0, 80.0, 80.0])
+  assert any('pseudo_labels_correct_per_class' in t.get_text() for t in precision.texts)
+  assert len(coverage.get_images()) == 1
+
+
+def test_diagnostics_show_each_gate_decision_and_its_confident_count():
+  history = _history()
+  history['epochs'][-1]['step'] = 35  # The evaluation after a last step that ends inside epoch 4.
+  _, _, _, gate = _panels(visualize.diagnostics_figure(history))
+  bars = gate.patches
+  assert [b.get_height() for b in bars] == [r['val_num_confident'] for r in history['epochs']]
+  colours = [matplotlib.colors.to_hex(b.get_facecolor()) for b in bars]
+  closed, opened, after_last = (matplotlib.colors.to_hex(c) for c in ('0.45', visualize.GATE_COLOUR, '0.8'))
+  assert colours == [closed, closed, opened, opened, after_last]
+  assert [t.get_text() for t in gate.texts] == ['0', '5', '10', '15', '20']
+
+
+def test_diagnostics_of_a_run_without_pseudo_labels_say_so():
+  """A supervised run: no unlabeled examples, an empty memory, no confident count yet."""
+  records = [dict(r, train_unlabeled_used=None, pseudo_labels_total=0, pseudo_label_precision=None,
+                  pseudo_labels_per_class=[0] * 10, gate_open=False) for r in _history()['epochs']]
+  used, coverage, precision, _ = _panels(visualize.diagnostics_figure(dict(_history(), epochs=records)))
+  assert any('train_unlabeled_used' in t.get_text() for t in used.texts)
+  assert any('stayed empty' in t.get_text() for t in coverage.texts)
+  assert any('no pseudo-label yet' in t.get_text() for t in precision.texts)
 
 
 def test_gate_spans_cover_the_epoch_after_each_open_record():
