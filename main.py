@@ -28,10 +28,12 @@ from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file, e.g. configs/cifar10.py.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.json (resumes if it holds a run).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'reconstruct', 'plots', 'predict'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'reconstruct', 'plots', 'predict', 'compile'],
                   'train (or resume) | eval: a checkpoint on the test split | reconstruct: a reconstruction grid of '
                   'the latest checkpoint | plots: curves from the workdir\'s history.json (WORKDIR/figures/) | '
-                  'predict: WORKDIR/pseudo_labels.csv, labels of the unlabeled images from the latest checkpoint.')
+                  'predict: WORKDIR/pseudo_labels.csv, labels of the unlabeled images from the latest checkpoint | '
+                  'compile: the run\'s steps compiled for the TPU slice --topology, on this machine (needs libtpu, no '
+                  'TPU, no data, no --workdir): memory per chip, FLOPs, a roofline time and checks; see README.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint --mode=eval evaluates.')
 flags.DEFINE_bool('distributed', False, 'Run as one of several processes (hosts) with jax.distributed: on a TPU pod '
                   'slice or a SLURM / Open MPI cluster the processes find each other; elsewhere also pass the three '
@@ -40,7 +42,14 @@ flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, the sa
                     '--distributed).')
 flags.DEFINE_integer('num_processes', None, 'How many processes take part (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, --num_processes).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string('topology', None, 'With --mode=compile: the TPU slice, e.g. v5e-8, v4-8, v4-32, v6e-8, or libtpu\'s '
+                    'own name (v4:2x2x1).')
+flags.DEFINE_bool('json', False, 'With --mode=compile: print the report as one JSON object.')
+flags.mark_flags_as_required(['config'])
+flags.register_multi_flags_validator(
+    ['mode', 'workdir', 'topology'], lambda f: (f['mode'] == 'compile') == bool(f['topology']) and (
+        f['mode'] == 'compile' or f['workdir'] is not None),
+    '--workdir is required, except with --mode=compile, which needs --topology (e.g. --topology=v5e-8) instead.')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -89,10 +98,13 @@ def main(argv):
   # tf.data only runs on the host; the accelerators belong to JAX.
   tf.config.set_visible_devices([], 'GPU')
   import jax
-  from ssmae_jax import sharding
+  from ssmae_jax import sharding, tpu_compile
   from ssmae_jax.errors import UserError
+  tpu_compile.skip_absent_tpu()
   try:
     f = flags.FLAGS
+    if f.mode == 'compile':
+      sys.exit(tpu_compile.run(f.config, config_flags.get_config_filename(f['config']), f.topology, f.json))
     if f.distributed or f.coordinator_address or f.num_processes is not None or f.process_id is not None:
       sharding.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     mode, config, workdir = flags.FLAGS.mode, flags.FLAGS.config, flags.FLAGS.workdir

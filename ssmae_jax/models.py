@@ -207,9 +207,10 @@ def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-def from_config(config, num_classes: int) -> SSMAE:
+def from_config(config, num_classes: int, backend: str | None = None) -> SSMAE:
   """The model of config.model (every field but dtype is an SSMAE field of the same name); its parameters are
-  float32 whatever the compute dtype."""
+  float32 whatever the compute dtype. `backend`: the platform its steps are compiled for, when that is not this
+  process's default (a TPU program compiled on a CPU host must still compute in bfloat16 under dtype 'auto')."""
   fields = dict(config.model)
-  dtype = compute_dtype(fields.pop('dtype'))
+  dtype = compute_dtype(fields.pop('dtype'), backend)
   return SSMAE(num_classes=num_classes, image_size=config.image_size, dtype=dtype, **fields)
