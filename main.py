@@ -46,10 +46,10 @@ flags.DEFINE_string('topology', None, 'With --mode=compile: the TPU slice, e.g. 
                     'own name (v4:2x2x1).')
 flags.DEFINE_bool('json', False, 'With --mode=compile: print the report as one JSON object.')
 flags.mark_flags_as_required(['config'])
-flags.register_multi_flags_validator(
-    ['mode', 'workdir', 'topology'], lambda f: (f['mode'] == 'compile') == bool(f['topology']) and (
-        f['mode'] == 'compile' or f['workdir'] is not None),
-    '--workdir is required, except with --mode=compile, which needs --topology (e.g. --topology=v5e-8) instead.')
+flags.register_multi_flags_validator(['mode', 'workdir'], lambda f: f['mode'] == 'compile' or f['workdir'],
+                                     '--workdir is required (except with --mode=compile).')
+flags.register_multi_flags_validator(['mode', 'topology'], lambda f: (f['mode'] == 'compile') == bool(f['topology']),
+                                     '--mode=compile and --topology (e.g. --topology=v5e-8) go together.')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
