@@ -52,8 +52,20 @@ flags.register_multi_flags_validator(['mode', 'topology'], lambda f: (f['mode'] 
                                      '--mode=compile and --topology (e.g. --topology=v5e-8) go together.')
 
 
+def _config_path(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing, but a bad flag or config override is one line naming the fix, not a traceback."""
+  config_path = _config_path(argv)
+  if config_path:  # A config file's `import my_plugins` finds the modules beside it, from any working directory.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(config_path.split(':')[0])))
   try:
     rest = flags.FLAGS(argv)
     flags.FLAGS.config.method  # The config file loads lazily; make its errors surface here.

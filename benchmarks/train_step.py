@@ -40,7 +40,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from ssmae_jax import flops, losses, masking, methods, models, sharding, steps, train_state  # noqa: E402
+from ssmae_jax import flops, losses, masking, methods, models, sharding, train_state  # noqa: E402
+from ssmae_jax.methods import ssmae  # noqa: E402
 
 POOL_SIZE = 50_000
 NUM_CLASSES = 10
@@ -72,7 +73,7 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def init_params(model, config) -> dict:
   size = config.image_size
-  ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
+  ids_keep, _, ids_restore = masking.draw(config, jax.random.key(0), 1, model.num_patches)
   return jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), ids_keep,
                              ids_restore)['params']
 
@@ -99,8 +100,7 @@ def method_flops(model, params, tx, opt_state, config) -> float:
   x_rec = jnp.zeros((num_l + num_u, size, size, 3), jnp.float32)
   x_cls = jnp.zeros((num_l + num_u, size, size, 3), jnp.float32)
   x_s = jnp.zeros((num_u, size, size, 3), jnp.float32)
-  ids_keep, mask, ids_restore = masking.random_masking(jax.random.key(0), num_l + num_u, model.num_patches,
-                                                        config.mask_ratio)
+  ids_keep, mask, ids_restore = masking.draw(config, jax.random.key(0), num_l + num_u, model.num_patches)
   labels = jnp.zeros((num_l + num_u,), jnp.int32)
 
   def work(params, opt_state):
@@ -154,7 +154,7 @@ def run(config, num_steps: int, warmup: int = 3, rows: int = 8) -> dict:
     return jax.device_put(state.replace(gate_open=jnp.asarray(gate_open)), repl)
 
   rng = np.random.default_rng(0)
-  train_step = steps.make_train_step(model, tx, config, mesh)
+  train_step = ssmae.make_step(model, tx, config, mesh)
   batches = make_batches(config, warmup + num_steps, mesh, rng)
   state = fresh_state(False)
   start = time.perf_counter()
@@ -175,7 +175,7 @@ def run(config, num_steps: int, warmup: int = 3, rows: int = 8) -> dict:
     # Nothing is confident at tau = 1 and nothing remembered: every gate-open step takes the gathered pass.
     narrow = config.copy_and_resolve_references()
     narrow.unlabeled_cls_rows, narrow.tau = rows, 1.0
-    narrow_step = steps.make_train_step(model, tx, narrow, mesh)
+    narrow_step = ssmae.make_step(model, tx, narrow, mesh)
     _, times, _, m_narrow = time_steps(narrow_step, fresh_state(True), batches, warmup)
     assert m_narrow['full_cls_pass'] == 0 and m_narrow['unlabeled_used'] == 0, m_narrow
     gathered = dict(unlabeled_cls_rows=rows, step_ms_gate_open_gathered=round(1e3 * statistics.median(times), 1),

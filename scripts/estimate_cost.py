@@ -34,7 +34,7 @@ def estimate(path: str, tflops: float) -> dict:
   config = bench.load_config(path)
   model = models.from_config(config, NUM_CLASSES)
   size = config.image_size
-  ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
+  ids_keep, _, ids_restore = masking.draw(config, jax.random.key(0), 1, model.num_patches)
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), ids_keep,
                           ids_restore)['params']
   tx = bench.make_optimizer(config)

@@ -32,7 +32,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssmae_jax import fileio, report  # noqa: E402
+from ssmae_jax import fileio, registry, report  # noqa: E402
 
 # experiment.PRETRAIN_DIR, where a run keeps its pre-training stage (not imported: that loads TensorFlow; a test keeps
 # the two equal).
@@ -40,13 +40,15 @@ PRETRAIN_DIR = 'pretrain'
 
 
 def runs(methods: list[str], fractions: list[float], seeds: list[int]):
-  """(method, fraction or None, seed) in dependency order: pre-training before fine-tuning."""
+  """(method, fraction or None, seed) in dependency order: pre-training (a method that trains no classifier: it reads
+  no labels, so it runs once per seed) before the methods that start from it (`needs_init_from`)."""
+  record = {name: registry.methods.get(name) for name in methods}
   for seed in seeds:
-    if 'mae_pretrain' in methods or 'finetune' in methods:
+    if any(not r.classifies or r.needs_init_from for r in record.values()):
       yield 'mae_pretrain', None, seed
     for fraction in fractions:
       for method in methods:
-        if method != 'mae_pretrain':
+        if record[method].classifies:
           yield method, fraction, seed
 
 
@@ -73,7 +75,8 @@ def main() -> int:
   parser.add_argument('--config', required=True)
   parser.add_argument('--root', required=True)
   parser.add_argument('--dataset', default='cifar10')
-  parser.add_argument('--methods', default='supervised,mae_pretrain,finetune,ssmae')
+  parser.add_argument('--methods', default='supervised,mae_pretrain,finetune,ssmae',
+                      help='registered methods (a plugin\'s too, where the config file imports it)')
   parser.add_argument('--fractions', default='0.1,0.2,0.3,0.4')
   parser.add_argument('--seeds', default='0')
   parser.add_argument('--tag', default='', help='a name for runs whose arguments after -- differ from the main rows\' '
@@ -85,9 +88,9 @@ def main() -> int:
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
   methods = args.methods.split(',')
-  unknown = set(methods) - {'supervised', 'mae_pretrain', 'finetune', 'ssmae'}
+  unknown = set(methods) - set(registry.methods.names())
   if unknown:
-    parser.error(f'unknown methods {sorted(unknown)}')
+    parser.error(f'unknown methods {sorted(unknown)}; registered: {", ".join(registry.methods.names())}')
   fractions = [float(f) for f in args.fractions.split(',')]
   seeds = [int(s) for s in args.seeds.split(',')]
   if args.pretraining_from and {'mae_pretrain', 'finetune'} & set(methods):
@@ -115,9 +118,11 @@ def main() -> int:
                f'--config.split_seed={seed}']
     if fraction is not None:
       command.append(f'--config.label_fraction={fraction}')
-    if method in ('mae_pretrain', 'finetune'):  # The paper's two stages, as separate runs: no stage of their own.
+    record = registry.methods.get(method)
+    # The paper's two stages, as separate runs: no stage of their own.
+    if not record.classifies or record.needs_init_from:
       command.append('--config.pretrain_steps=0')
-    if method == 'finetune':  # The paper's fine-tuning recipe; arguments after -- still override it.
+    if record.needs_init_from:  # The paper's fine-tuning recipe; arguments after -- still override it.
       command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed, args.tag)}',
                   '--config.labeled_batch_size=32', '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
     command += extra

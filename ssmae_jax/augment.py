@@ -1,4 +1,4 @@
-"""Data augmentations (DESIGN.md §1) as stateless TensorFlow ops for tf.data.
+"""Data augmentations (docs/method.md) as stateless TensorFlow ops for tf.data.
 
 Every random op takes `seed`, an int32/int64 tensor of shape [2], and derives its sub-seeds from it, so the same
 (image, seed) gives the same output whatever thread runs it. Images are uint8 [H, W, 3] (H == W) in and out; the ops

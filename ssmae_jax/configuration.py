@@ -1,23 +1,20 @@
-"""Checks on a resolved config, run before anything is loaded or compiled: one clear line per mistake.
+"""Checks on a resolved config, run before anything is loaded or compiled: one clear line per mistake; and how a
+saved config (an older run's config.json) compares with the current one.
 
-Each field's allowed values are declared once, beside its default in configs/default.py (`c.tau = Float(0.95,
-min=0, below=1)`); `validate` checks every field against its declaration, then the rules that tie fields together.
+Each field's allowed values are declared once, beside its default in ssmae_jax/configs/default.py (`c.tau =
+Float(0.95, min=0, below=1)`), or by a plugin (`registry.config_field`); `validate` checks every field against its
+declaration, then the rules that tie fields together.
 """
 
-import importlib
 import json
-import math
 from typing import Any
 
 import ml_collections
 
-from ssmae_jax import masking, methods
+from ssmae_jax import fields as fields_lib, masking, methods
+from ssmae_jax.configs import default
 from ssmae_jax.errors import UserError
 
-METHODS = tuple(methods.METHODS)
-NAN_POLICIES = ('stop', 'skip')
-SCHEDULES = ('constant', 'cosine')
-DTYPES = ('auto', 'float32', 'bfloat16')
 # Fields a resumed run may change without --config.allow_config_change=True: they do not change what is learned.
 # nan_policy: a run stopped by a non-finite step may be resumed with 'skip'. labeled_dir, unlabeled_dir: the folders may
 # move, since WORKDIR/data.json (data_record) refuses other files by their relative paths; test_dir is never trained on.
@@ -25,193 +22,30 @@ RESUME_SAFE_FIELDS = ('allow_config_change', 'log_every_steps', 'checkpoint_ever
                       'test_every_epochs', 'eval_batch_size', 'data_dir', 'nan_policy',
                       'labeled_dir', 'unlabeled_dir', 'test_dir', 'tensorboard', 'compilation_cache_dir',
                       'profile_steps', 'cpu_config')
-
-# A tuple element has no default of its own: the tuple's default covers it.
-_ELEMENT = object()
-
-
-class Spec:
-  """A field's default and the values it accepts. A default of None makes None acceptable too."""
-  type: type
-
-  def __init__(self, default: Any = _ELEMENT):
-    self.default = default
-
-  @property
-  def optional(self) -> bool:
-    return self.default is None
-
-  def accepts(self, value: Any) -> bool:
-    return (self.optional and value is None) or self._accepts(value)
-
-  def describe(self) -> str:
-    """The accepted values, e.g. 'a finite number in [0, 1)'."""
-    return ('None or ' if self.optional else '') + self._describe()
-
-  def config_value(self) -> Any:
-    """The default as a ConfigDict stores it: None as a typed reference, so an override of another type is refused."""
-    if self.default is None:
-      return ml_collections.FieldReference(None, field_type=self.type)
-    return self.default
-
-  def _accepts(self, value: Any) -> bool:
-    raise NotImplementedError
-
-  def _describe(self) -> str:
-    raise NotImplementedError
+# Fields renamed since runs were saved: old name -> (new name, old value -> new value).
+_RENAMED = {'gate': ('gate_rule', {'dynamic': 'hca'})}
 
 
-class _Number(Spec):
-  """Bounds: min / max inclusive, above / below exclusive; None leaves that side open."""
-
-  def __init__(self, default: Any = _ELEMENT, *, min: float | None = None, max: float | None = None,
-               above: float | None = None, below: float | None = None):
-    super().__init__(default)
-    self.min, self.max, self.above, self.below = min, max, above, below
-
-  def _in_bounds(self, value: float) -> bool:
-    return ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-            and (self.above is None or value > self.above) and (self.below is None or value < self.below))
-
-  def bounds(self) -> str:
-    low = f'[{self.min}' if self.min is not None else f'({self.above}' if self.above is not None else None
-    high = f'{self.max}]' if self.max is not None else f'{self.below})' if self.below is not None else None
-    if low and high:
-      return f' in {low}, {high}'
-    if low:
-      return f' >= {self.min}' if self.min is not None else f' > {self.above}'
-    if high:
-      return f' <= {self.max}' if self.max is not None else f' < {self.below}'
-    return ''
+def declarations() -> dict[str, fields_lib.Spec]:
+  """Dotted field name -> its declaration: configs/default.py's and the registered plugins' (built anew, so a plugin
+  imported since the last call counts)."""
+  default.get_config()
+  return dict(fields_lib.declared_fields())
 
 
-class Int(_Number):
-  type = int
-
-  def _accepts(self, value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and self._in_bounds(value)
-
-  def _describe(self) -> str:
-    return 'an integer' + self.bounds()
-
-
-class Float(_Number):
-  type = float
-
-  def config_value(self) -> Any:
-    # An int default would make the field an int field, refusing --config.x=0.5.
-    return super().config_value() if self.default is None else float(self.default)
-
-  def _accepts(self, value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and self._in_bounds(value))
-
-  def _describe(self) -> str:
-    return 'a finite number' + self.bounds()
-
-
-class Bool(Spec):
-  type = bool
-
-  def _accepts(self, value: Any) -> bool:
-    return isinstance(value, bool)
-
-  def _describe(self) -> str:
-    return 'True or False'
-
-
-class Text(Spec):
-  """A string: a name or a path. `nonempty`: '' is refused."""
-  type = str
-
-  def __init__(self, default: Any = _ELEMENT, *, nonempty: bool = False):
-    super().__init__(default)
-    self.nonempty = nonempty
-
-  def _accepts(self, value: Any) -> bool:
-    return isinstance(value, str) and bool(value or not self.nonempty)
-
-  def _describe(self) -> str:
-    return 'a non-empty string' if self.nonempty else 'a string'
-
-
-class OneOf(Spec):
-  """A name from a registry."""
-  type = str
-
-  def __init__(self, default: Any, choices: tuple[str, ...]):
-    super().__init__(default)
-    self.choices = tuple(choices)
-
-  def _accepts(self, value: Any) -> bool:
-    return isinstance(value, str) and value in self.choices
-
-  def _describe(self) -> str:
-    return 'one of ' + ', '.join(self.choices)
-
-
-class Tuple(Spec):
-  """A fixed-length tuple; its elements are named and declared in order. `ordered`: each element <= the next."""
-  type = tuple
-
-  def __init__(self, default: tuple, *, ordered: bool = False, **elements: _Number):
-    super().__init__(tuple(default))
-    self.elements = elements
-    self.ordered = ordered
-
-  def _accepts(self, value: Any) -> bool:
-    if not isinstance(value, (tuple, list)) or len(value) != len(self.elements):
-      return False
-    if not all(spec.accepts(v) for spec, v in zip(self.elements.values(), value)):
-      return False
-    return not self.ordered or all(a <= b for a, b in zip(value, value[1:]))
-
-  def _describe(self) -> str:
-    kinds = {type(spec) for spec in self.elements.values()}
-    kind = 'integers' if kinds == {Int} else 'finite numbers'
-    names = list(self.elements)
-    order = f' with {" <= ".join(names)}' if self.ordered else ''
-    return f'a tuple of {len(names)} {kind} ({", ".join(n + s.bounds() for n, s in self.elements.items())}){order}'
-
-
-_declarations: dict[str, Spec] = {}
-
-
-def declared(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` with each declaration replaced by its default; the declarations are kept for `validate`.
-
-  configs/default.py ends with this. A field given a plain value there stays undeclared, and `validate` refuses it.
-  """
-  def plain(node: ml_collections.ConfigDict, prefix: str) -> dict:
-    out = {}
-    for key, value in node.items():
-      path = prefix + key
-      if isinstance(value, ml_collections.ConfigDict):
-        out[key] = ml_collections.ConfigDict(plain(value, path + '.'))
-      elif isinstance(value, Spec):
-        _declarations[path] = value
-        out[key] = value.config_value()
-      else:
-        out[key] = value
-    return out
-
-  return ml_collections.ConfigDict(plain(config, ''))
-
-
-def declarations() -> dict[str, Spec]:
-  """Dotted field name -> its declaration, from configs/default.py."""
-  if not _declarations:
-    importlib.import_module('ssmae_jax.configs.default').get_config()
-  return _declarations
-
-
-def fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[tuple[str, Any]]:
-  """(dotted name, value) of every leaf field of a config, references resolved."""
+def fields(config: ml_collections.ConfigDict, prefix: str = '',
+           stop_at: tuple[str, ...] | None = None) -> list[tuple[str, Any]]:
+  """(dotted name, value) of every leaf field of a config, references resolved; a mapping field (config.loss_terms:
+  declared as fields.Weights, or named in `stop_at`) is one leaf, as a dict."""
+  if stop_at is None:
+    stop_at = tuple(n for n, spec in declarations().items() if isinstance(spec, fields_lib.Weights))
   out = []
   for key in config.keys():
     value = config[key]
-    if isinstance(value, ml_collections.ConfigDict):
-      out += fields(value, prefix + key + '.')
+    if isinstance(value, ml_collections.ConfigDict) and prefix + key in stop_at:
+      out.append((prefix + key, value.to_dict()))
+    elif isinstance(value, ml_collections.ConfigDict):
+      out += fields(value, prefix + key + '.', stop_at)
     else:
       out.append((prefix + key, value))
   return out
@@ -223,13 +57,14 @@ def _flag_value(value: Any) -> str:
   return str(value)
 
 
-def _check_field(name: str, value: Any, spec: Spec | None) -> None:
+def _check_field(name: str, value: Any, spec: fields_lib.Spec | None) -> None:
   if spec is None:
-    raise UserError(f'config.{name} is not a field of configs/default.py, or has no declaration there: remove it '
-                    '(misspelt?), or declare its allowed values beside its default.')
+    raise UserError(f'config.{name} is not a declared field (ssmae_jax/configs/default.py, or a plugin\'s '
+                    'registry.config_field): remove it (misspelt?), or declare it with its allowed values.')
   if spec.accepts(value):
     return
-  default = '' if spec.default is None else f'; e.g. --config.{name}={_flag_value(spec.default)} (the default)'
+  default = ('' if spec.default is None or isinstance(spec, fields_lib.Weights) else
+             f'; e.g. --config.{name}={_flag_value(spec.default)} (the default)')
   raise UserError(f'config.{name}={_flag_value(value)} is not allowed: it must be {spec.describe()}{default}.')
 
 
@@ -288,8 +123,45 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _nested_set(d: dict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split('.')
+  for key in parents:
+    d = d.setdefault(key, {})
+  d[leaf] = value
+
+
+def _has(d: dict, dotted: str) -> bool:
+  for key in dotted.split('.'):
+    if not isinstance(d, dict) or key not in d:
+      return False
+    d = d[key]
+  return True
+
+
+def upgrade(saved: dict) -> tuple[dict, list[str]]:
+  """An older run's config (its config.json, or results.json's 'config') in today's fields -> (the config, the
+  fields filled in at their defaults). A renamed field takes its new name; a field declared since that run was saved
+  takes its default, since the run trained with what that default does (the code before the field existed)."""
+  out = json.loads(json.dumps(saved))
+  for old, (new, values) in _RENAMED.items():
+    if old in out and new not in out:
+      value = out.pop(old)
+      out[new] = values.get(value, value)
+  filled = []
+  for name, spec in declarations().items():
+    if not _has(out, name):
+      value = spec.config_value()
+      _nested_set(out, name, value.to_dict() if isinstance(value, ml_collections.ConfigDict) else
+                  value.get() if isinstance(value, ml_collections.FieldReference) else value)
+      filled.append(name)
+  return out, filled
+
+
 def changed_fields(saved: dict, current: dict, prefix: str = '') -> list[str]:
-  """Dotted names of the fields whose values differ between two resolved configs, resume-safe ones excluded."""
+  """Dotted names of the fields whose values differ between a saved config (upgraded: a field it lacks is at its
+  default) and the current one, resume-safe ones excluded."""
+  if not prefix:
+    saved = upgrade(saved)[0]
   out = []
   for key in sorted(set(saved) | set(current)):
     name = prefix + key

@@ -26,8 +26,8 @@ def shipped_size(stored_size: int, image_size: int, resize_on_device: bool) -> i
   """The size tf.data resizes in-memory images to before augmenting and shipping them.
 
   With resize_on_device, images smaller than image_size travel at their stored size and the jitted step upsamples
-  them (steps.prepare_images): the host augments ~(image_size / stored_size)² fewer pixels. Larger ones are still
-  shrunk here, where it saves the host work rather than adding it.
+  them (methods.common.prepare_images): the host augments ~(image_size / stored_size)² fewer pixels. Larger ones are
+  still shrunk here, where it saves the host work rather than adding it.
   """
   return min(stored_size, image_size) if resize_on_device else image_size
 

@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssmae_jax import checkpointing, configuration, data_record, evaluation, fileio, input_pipeline, masking
-from ssmae_jax import methods, models, sharding, steps, train_state
+from ssmae_jax import checkpointing, configuration, data_record, evaluation, fileio, flops, input_pipeline, masking
+from ssmae_jax import methods, models, runtime, sharding, train_state
 from ssmae_jax.errors import UserError
 
 
@@ -30,10 +30,11 @@ class Experiment:
   total_steps: int
   model: models.SSMAE
   tx: optax.GradientTransformation
-  # The initial state (with config.init_from's encoder) until train.train_and_evaluate ends, then its last one.
+  # The initial state (with config.init_from's encoder); train.train_and_evaluate returns the last one.
   state: train_state.TrainState
   checkpoints: checkpointing.Checkpoints
   evaluator: evaluation.Evaluator
+  step_flops: flops.StepFlops  # XLA's count of each kind of step the run takes: what results.json's 'flops' adds up.
 
   @property
   def num_epochs(self) -> int:
@@ -69,7 +70,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 def init_state(model: models.SSMAE, tx, config, pool_size: int, mesh) -> train_state.TrainState:
   """The initial state, created directly with replicated sharding (no host round trip)."""
   def init():
-    ids_keep, _, ids_restore = masking.random_masking(jax.random.key(0), 1, model.num_patches, config.mask_ratio)
+    ids_keep, _, ids_restore = masking.draw(config, jax.random.key(0), 1, model.num_patches)
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     params = model.init(jax.random.key(config.seed), images, ids_keep, ids_restore)['params']
     return train_state.create(params, tx, pool_size, teacher=methods.get(config.method).has_teacher(config))
@@ -102,6 +103,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   is_main = jax.process_index() == 0
   mesh = make_mesh(config)
   prepare_workdir(workdir, config, record=is_main)
+  runtime.ensure_compilation_cache(config, workdir)  # Before anything of the run compiles.
   splits = input_pipeline.load_splits(config)
   # Before anything is built: a checkpoint resumed on other files would label the wrong ones.
   data_record.check(workdir, splits, config, record=is_main)
@@ -113,14 +115,16 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   init_from = config.init_from or (str(workdir / PRETRAIN_DIR) if config.pretrain_steps else None)
   if init_from:
     state = train_state.with_params(state, checkpointing.load_pretrained(init_from, state.params))
-  evaluator = evaluation.Evaluator(steps.make_eval_step(model, config, mesh), config, mesh, {
+  evaluator = evaluation.Evaluator(evaluation.make_eval_step(model, config, mesh), config, mesh, {
       # Decoded once, not per evaluation: for folder data this reads files.
       'val': (splits.eval_images(splits.val_idx, config.image_size), splits.train_labels[splits.val_idx]),
       'test': (splits.test_images, splits.test_labels),
   })
   return Experiment(config=config, method=method, workdir=workdir, mesh=mesh, splits=splits,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=model, tx=tx, state=state,
-                    checkpoints=checkpointing.Checkpoints(workdir, config.keep_checkpoints), evaluator=evaluator)
+                    checkpoints=checkpointing.Checkpoints(workdir, config.keep_checkpoints), evaluator=evaluator,
+                    step_flops=flops.StepFlops(method, model, tx, config, state,
+                                               input_pipeline.example_batch(config, splits)))
 
 
 def prepare_workdir(workdir, config, record: bool) -> None:
@@ -137,10 +141,15 @@ def prepare_workdir(workdir, config, record: bool) -> None:
   path = workdir / 'config.json'
   current = configuration.to_dict(config)
   if path.exists():
-    changed = configuration.changed_fields(fileio.read_json(path), current)
+    saved = fileio.read_json(path)
+    changed = configuration.changed_fields(saved, current)
     if changed and not config.allow_config_change:
       raise UserError(f'--workdir={workdir} holds a run of another config (changed: {", ".join(changed)}): use a '
                       'new --workdir, or pass --config.allow_config_change=True to resume it anyway.')
+    filled = configuration.upgrade(saved)[1]
+    if filled and record:  # A run saved by older code: the fields declared since then ran at their defaults.
+      print(f'Resuming a run saved before these fields existed; they take their defaults: {", ".join(filled)}.',
+            flush=True)
   if record:
     fileio.write_json(path, current, indent=2)
 

@@ -1,10 +1,12 @@
-"""FLOPs by XLA's count: of each kind of train step, and of a finished run from its history (the report's
-equal-compute view).
+"""FLOPs by XLA's count: of the train steps a run took (`StepFlops`, recorded in results.json as 'flops' and in each
+history record), and of a finished run up to each evaluation (`run_flops`, the report's equal-compute view).
 
-A step's work is the gradient of the reconstruction loss on some images, the gradient of the classification loss
-on some, a forward pass on some more, and the AdamW update; which images depends on the method and, for SSMAE, on
-the branch the step takes (DESIGN.md §1): gate closed with no remembered example, closed with remembered ones, or
-open (the strong views get a forward pass).
+A run counts each of its steps as the compiled program of the kind of work that step did (a method's `kinds`: for
+SSMAE the branches of methods/cls_pass.py), compiled for the run's own shapes on one device: the count does not
+depend on the device count, and a new method is counted by what it runs, not by what its flags say.
+
+Runs written before results.json recorded 'flops' are counted by `legacy_step_kinds`, from the built-in methods'
+flags, as this module did then: those files only hold built-in methods.
 """
 
 import functools
@@ -13,6 +15,7 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from ssmae_jax import losses, masking, methods, models
@@ -20,12 +23,40 @@ from ssmae_jax import losses, masking, methods, models
 NUM_CLASSES = 10  # The head's width barely changes the count; results.json does not record it.
 
 
+class StepFlops:
+  """XLA's FLOP count of each kind of train step of a run (`methods.Method.kinds`), each compiled once when first
+  needed, for the global batch on one device."""
+
+  def __init__(self, method, model, tx, config, state, batch: dict):
+    """`state`, `batch`: the run's initial state and input_pipeline.example_batch (only their shapes are read)."""
+    self.method, self.model, self.tx, self.config = method, model, tx, config
+    self.kinds = method.kinds(config)
+    self._flops: dict[str, float] = {}
+    self._specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+
+  def of(self, kind: str) -> float:
+    if kind not in self._flops:
+      mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), ('data',))
+      step = self.method.make_step(self.model, self.tx, self.config, mesh, kind=kind if len(self.kinds) > 1 else None)
+      cost = step.lower(*self._specs).compile().cost_analysis()
+      self._flops[kind] = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
+    return self._flops[kind]
+
+  def counts(self, sums: dict, steps: int) -> dict[str, float]:
+    """Steps of each kind in a logging window: its summed step_kind one-hots, or all `steps` for a single kind."""
+    if len(self.kinds) == 1:
+      return {self.kinds[0]: float(steps)}
+    return {k: float(n) for k, n in zip(self.kinds, np.asarray(sums['step_kind']).tolist()) if n}
+
+  def total(self, kind_steps: dict[str, float]) -> float:
+    return float(sum(n * self.of(kind) for kind, n in kind_steps.items() if n))
+
+
 def work_flops(model: models.SSMAE, config, *, rec: int, cls: int, forward: int) -> float:
   """XLA's FLOP count (compiled for abstract shapes) of one step's work on `rec`, `cls` and `forward` images."""
   size = config.image_size
   images = lambda n: jnp.zeros((n, size, size, 3), jnp.float32)
-  ids_keep, mask, ids_restore = masking.random_masking(jax.random.key(0), max(rec, 1), model.num_patches,
-                                                        config.mask_ratio)
+  ids_keep, mask, ids_restore = masking.draw(config, jax.random.key(0), max(rec, 1), model.num_patches)
   params = jax.eval_shape(model.init, jax.random.key(0), images(1), ids_keep[:1], ids_restore[:1])['params']
   tx = optax.adamw(1e-3, weight_decay=config.optimizer.weight_decay)
 
@@ -50,8 +81,9 @@ def work_flops(model: models.SSMAE, config, *, rec: int, cls: int, forward: int)
   return float(cost['flops'])
 
 
-def step_kinds(config) -> dict[str, dict[str, int]]:
-  """The kinds of train step a method's run takes, as the images of each part of their work."""
+def legacy_step_kinds(config) -> dict[str, dict[str, int]]:
+  """The kinds of train step a built-in method's run took, as the images of each part of their work: for the
+  results.json files written before runs recorded their FLOPs."""
   method = methods.get(config.method)
   num_l, num_u = config.labeled_batch_size, config.unlabeled_batch_size
   rec = (num_l if method.uses_labeled else 0) + num_u if method.trains_reconstruction(config) else 0
@@ -77,7 +109,7 @@ def _kind_flops(config_json: str, kind: str) -> float:
   # read (the report's many runs of a few models) share the count.
   work = dict(model=config.model.to_dict(), image_size=config.image_size, mask_ratio=config.mask_ratio,
               optimizer=dict(weight_decay=config.optimizer.weight_decay))
-  return _work_flops(json.dumps(work, sort_keys=True), **step_kinds(config)[kind])
+  return _work_flops(json.dumps(work, sort_keys=True), **legacy_step_kinds(config)[kind])
 
 
 @functools.cache
@@ -90,6 +122,8 @@ def pretraining_flops(results: dict) -> float:
   """Training FLOPs of a run's pre-training stage (config.pretrain_steps); 0 without one."""
   if 'pretraining' not in results:
     return 0.0
+  if 'flops' in results['pretraining']:
+    return results['pretraining']['flops']
   config = dict(results['config'], method='mae_pretrain', pretrain_steps=0)
   return results['pretraining']['steps'] * _kind_flops(json.dumps(config, sort_keys=True), 'step')
 
@@ -105,16 +139,20 @@ def run_flops(results: dict) -> list[float]:
   """Training FLOPs of a finished run up to each of its evaluations (history records) and, last, to its end;
   those before its first step (`before_flops`: a pre-training stage, or the run it started from) come first.
 
-  Each epoch's steps count the FLOPs of the step kind its gate record says it took: 'gate_open' while open; with
+  A run that recorded its FLOPs (results.json 'flops', each record's 'flops') is read as it is. For older files,
+  each epoch's steps count the FLOPs of the step kind its gate record says it took: 'gate_open' while open; with
   the gate closed, 'with_memory' once the sticky memory holds a label (an upper bound: a batch without a
   remembered example takes the cheaper branch), else 'labeled_only'. With config.unlabeled_cls_rows, the epoch's
   share of steps that took the full L_cls pass (its record's train_full_cls_pass) counts the full kind, the rest
   the gathered one; without that record, all count as full. Evaluations are not counted.
   """
+  history = results['history']
+  if 'flops' in results and all('flops' in r for r in history):
+    before = before_flops(results)
+    return [before + r['flops'] for r in history] + [before + results['flops']]
   config = results['config']
   config_json = json.dumps(config, sort_keys=True)
-  kinds = step_kinds(ml_collections.ConfigDict(config))
-  history = results['history']
+  kinds = legacy_step_kinds(ml_collections.ConfigDict(config))
   done, out = before_flops(results), []
   for record, following in zip(history, history[1:] + [None]):
     out.append(done)

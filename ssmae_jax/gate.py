@@ -1,12 +1,11 @@
-"""The validation gate, the pseudo-label selection rule and the sticky memory (DESIGN.md §1): pure functions."""
+"""The validation gate, the pseudo-label selection rule and the sticky memory (docs/method.md): pure functions; the
+built-in gate rules (config.gate_rule), and `decide`, which sets an epoch's gate on the state."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-GATE_MODES = ('dynamic', 'always_open', 'never')
-# The unlabeled view L_cls trains: the paper's weak view, or the strong one (FixMatch's consistency; not in the paper).
-PSEUDO_LABEL_VIEWS = ('weak', 'strong')
+from ssmae_jax import registry, sharding
 
 
 def high_confidence_counts(logits: jax.Array, labels: jax.Array, valid: jax.Array, confidence: float):
@@ -22,18 +21,33 @@ def high_confidence_accuracy(num_confident, num_confident_correct) -> float:
   return float(num_confident_correct) / float(num_confident) if num_confident > 0 else 0.0
 
 
-def gate_open_for_epoch(mode: str, epoch: int, warmup_epochs: int, hca: float, threshold: float,
-                        num_confident: int = 0, min_confident: int = 0) -> bool:
-  """Whether pseudo-labels may be assigned during `epoch`, decided at its start from the validation HCA.
+@registry.gate_rule('hca')
+def hca_rule(stats: dict, config) -> bool:
+  """The paper's gate: closed for config.warmup_epochs, then open iff the validation HCA >= config.gate_threshold.
 
-  `min_confident` > 0 also asks for that many confident validation examples (`num_confident`): the paper's rule
-  (0) lets a single confident, correct example give an HCA of 100%.
-  """
-  if mode == 'always_open':
-    return True
-  if mode == 'never':
-    return False
-  return epoch >= warmup_epochs and hca >= threshold and num_confident >= min_confident
+  config.gate_min_confident > 0 (not in the paper) also asks for that many confident validation examples: the paper's
+  rule lets a single confident, correct example give an HCA of 100%."""
+  return bool(stats['epoch'] >= config.warmup_epochs and stats['hca'] >= config.gate_threshold
+              and stats['confident'] >= config.gate_min_confident)
+
+
+@registry.gate_rule('always_open')
+def always_open(stats: dict, config) -> bool:
+  del stats, config
+  return True
+
+
+@registry.gate_rule('never')
+def never(stats: dict, config) -> bool:
+  del stats, config
+  return False
+
+
+def decide(state, config, stats: dict, mesh) -> tuple[object, bool]:
+  """The gate of the epoch whose validation pass gave `stats` (evaluation.gate_stats), by config.gate_rule, set on
+  the train state -> (the state, whether it is open)."""
+  is_open = bool(registry.gate_rules.get(config.gate_rule)(stats, config))
+  return state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(mesh))), is_open
 
 
 def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, *, tau: float,

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 
 from ssmae_jax import augment, checkpointing, configuration, data_record, evaluation, experiment, fileio
-from ssmae_jax import input_pipeline, models, predict, reporting, sharding, steps, visualize
+from ssmae_jax import input_pipeline, models, predict, reporting, sharding, visualize
 from ssmae_jax.errors import UserError
 
 
@@ -50,7 +50,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best
                       'folder with one sub-folder of images per class, as labeled_dir.')
     raise UserError(f'Dataset {config.dataset} has no test split to evaluate on.')
   model, params, step, mesh = _restore_params(config, workdir, which, test.num_classes)
-  result = evaluation.evaluate_arrays(steps.make_eval_step(model, config, mesh), params, test.images, test.labels,
+  result = evaluation.evaluate_arrays(evaluation.make_eval_step(model, config, mesh), params, test.images, test.labels,
                                       config, mesh)
   out = dict(checkpoint=which, step=step, test_accuracy=result.accuracy,
              high_conf_accuracy=result.high_conf_accuracy, num_confident=result.num_confident)

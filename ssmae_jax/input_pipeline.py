@@ -1,4 +1,4 @@
-"""Splits (labeled / validation / unlabeled / test) and the tf.data streams of DESIGN.md §1.
+"""Splits (labeled / validation / unlabeled / test) and the tf.data streams of docs/method.md.
 
 The train split's images come from a data_sources.ImageSource: a TFDS split in memory, or image folders
 (config.dataset='folder') left on disk, read and decoded by the streams. Data order and augmentations are pure
@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssmae_jax import augment, data_sources, folder_data, steps
+from ssmae_jax import augment, data_sources, folder_data, normalization
 from ssmae_jax.errors import UserError
 
 _LABELED_STREAM = 0
@@ -298,7 +298,7 @@ def _reference_view_source(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Te
   one std above it come through unwrapped.
   """
   x = tf.cast(augment.labeled_view(image, seed, aug), tf.float32) / 255.0
-  x = (x - steps.IMAGENET_MEAN) / steps.IMAGENET_STD
+  x = (x - normalization.IMAGENET_MEAN) / normalization.IMAGENET_STD
   return tf.cast(tf.cast(x * 255.0, tf.int32), tf.uint8)
 
 
@@ -368,6 +368,26 @@ def train_iterator(splits: Splits, config: Any, start_step: int, *, process_inde
   """
   return train_dataset(splits, config, start_step, process_index=process_index, process_count=process_count,
                        need_labeled=need_labeled, need_unlabeled=need_unlabeled).as_numpy_iterator()
+
+
+def example_batch(config: Any, splits: Splits | None = None, *, stored_size: int | None = None) -> dict:
+  """The layout of one global train batch of `config`'s method (what `train_iterator` yields, all processes
+  together): key -> jax.ShapeDtypeStruct. Images travel at the size `train_iterator` ships (S there): from `splits`'
+  stored images, or `stored_size`; with neither, config.image_size."""
+  import jax  # Here: this module runs in tf.data's world, and the batch's layout is JAX's business.
+  from ssmae_jax import methods
+  if splits is not None:
+    stored_size = splits.eval_images(splits.labeled_idx[:1], config.image_size).shape[1]
+  size = data_sources.shipped_size(stored_size or config.image_size, config.image_size, config.resize_on_device)
+  images = lambda n: jax.ShapeDtypeStruct((n, size, size, 3), np.uint8)
+  method, l, u = methods.get(config.method), config.labeled_batch_size, config.unlabeled_batch_size
+  out = {}
+  if method.uses_labeled:
+    out.update(labeled_image=images(l), labeled_label=jax.ShapeDtypeStruct((l,), np.int32))
+  if method.uses_unlabeled:
+    out.update(unlabeled_weak=images(u), unlabeled_strong=images(u), unlabeled_mae=images(u),
+               unlabeled_index=jax.ShapeDtypeStruct((u,), np.int32))
+  return out
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:

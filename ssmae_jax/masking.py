@@ -1,7 +1,13 @@
-"""Patchify / unpatchify and MAE's per-sample random masking."""
+"""Patchify / unpatchify, and the maskings (config.masking): MAE's per-sample random masking is the built-in one.
+
+Every consumer draws a masking through `draw`, so a registered masking reaches the train steps, the figures, the FLOP
+counts and the state's initialisation alike.
+"""
 
 import jax
 import jax.numpy as jnp
+
+from ssmae_jax import registry
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -27,6 +33,12 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
   return int(num_patches * (1 - mask_ratio))
 
 
+def draw(config, rng: jax.Array, batch: int, num_patches: int):
+  """config.masking's (ids_keep, mask, ids_restore) for `batch` images of `num_patches` at config.mask_ratio."""
+  return registry.maskings.get(config.get('masking', 'random'))(rng, batch, num_patches, config.mask_ratio)
+
+
+@registry.masking('random')
 def random_masking(rng: jax.Array, batch: int, num_patches: int, mask_ratio: float):
   """Per-sample uniform shuffle; keep the first `num_kept` patches.
 

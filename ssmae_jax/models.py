@@ -1,4 +1,4 @@
-"""ViT encoder, MAE decoder and linear head (DESIGN.md §1), in Flax Linen.
+"""ViT encoder, MAE decoder and linear head (docs/method.md), in Flax Linen.
 
 The patch embedding is a Dense layer on patchified pixels: the same function as a stride-p convolution, and it lets
 the reconstruction path embed only the kept patches. It keeps the reference's initialisation, PyTorch's default for

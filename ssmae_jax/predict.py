@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssmae_jax import fileio, input_pipeline, methods, sharding, steps
+from ssmae_jax import fileio, input_pipeline, methods, sharding
+from ssmae_jax.methods import common
 from ssmae_jax.errors import UserError
 
 CSV_NAME = 'pseudo_labels.csv'
@@ -18,7 +19,7 @@ def make_predict_step(model, mesh):
   """Returns `predict_step(params, images) -> (class int32 [B], its probability float32 [B])`, replicated."""
 
   def predict_step(params, images):
-    probs = jax.nn.softmax(model.apply({'params': params}, steps.prepare_images(images, model.image_size),
+    probs = jax.nn.softmax(model.apply({'params': params}, common.prepare_images(images, model.image_size),
                                        method=model.classify))
     return jnp.argmax(probs, -1).astype(jnp.int32), jnp.max(probs, -1)
 

@@ -11,15 +11,15 @@ SSMAE row whose variant name contains TEXT (e.g. --budget=num_steps=8000).
 """
 
 import collections
-import importlib
 import json
 import statistics
 import sys
 
 from ssmae_jax import configuration, fileio, flops
+from ssmae_jax.configs import default
 from ssmae_jax.errors import UserError
 
-# Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (DESIGN.md §1). Percent.
+# Faysal et al., arXiv 2601.20072, ViT-B/16 at 224 px, 400 epochs (docs/method.md). Percent.
 PAPER = {
     ('cifar10', 'ssmae'): {0.1: 56.80, 0.2: 66.4, 0.3: 71.83, 0.4: 74.67},
     ('cifar10', 'supervised'): {0.1: 47.56},
@@ -68,7 +68,7 @@ def _config(results: dict, defaults: dict) -> dict:
   """A run's flattened config, the fields that name no variant left out. A declared field missing from an older
   results.json did not exist when the run was made, so the run did what its default does (every field added since
   is off by default): it counts as that default, and a new field does not split old runs from new ones."""
-  config = _flatten(results.get('config', {}))
+  config = _flatten(configuration.upgrade(results['config'])[0] if results.get('config') else {})
   if config:
     config = {**defaults, **config}
   if 'init_from' in config:
@@ -78,7 +78,7 @@ def _config(results: dict, defaults: dict) -> dict:
 
 def load(paths: list[str]) -> list[dict]:
   # configs/default.py's values, flattened (the names are dotted already: flattening only encodes tuples).
-  defaults = _flatten(dict(configuration.fields(importlib.import_module('ssmae_jax.configs.default').get_config())))
+  defaults = _flatten(dict(configuration.fields(default.get_config())))
   runs = []
   for path in find_results(paths):
     r = fileio.read_json(path)

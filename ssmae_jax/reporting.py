@@ -92,7 +92,8 @@ def figure_images(splits, image_size: int) -> np.ndarray:
 
 def reconstruction_figure(model, params, images: np.ndarray, config, path, is_main: bool) -> np.ndarray:
   """original | masked | reconstruction | visible pasted back, for `images` -> the grid (a PNG at `path`)."""
-  pred, mask = visualize.reconstruct(model, params, images, mask_ratio=config.mask_ratio)
+  pred, mask = visualize.reconstruct(model, params, images, mask_ratio=config.mask_ratio,
+                                    masking_name=config.get('masking', 'random'))
   grid = visualize.reconstruction_grid(images, pred, mask, model.patch_size, norm_pix_loss=config.norm_pix_loss)
   if is_main:
     visualize.save_png(str(path), grid)
@@ -129,7 +130,16 @@ def window_line(method, done: int, total: int, steps_per_epoch: int, means: dict
     line += f'unlabeled used/step {means["unlabeled_used"]:.1f} | '
   line += f'{means["steps_per_sec"]:.2f} steps/s | ETA {fmt_time((total - done) / means["steps_per_sec"])}'
   skipped = means['skipped_steps']
-  return line + (f' | {skipped} non-finite steps skipped' if skipped else '')
+  line += f' | {skipped} non-finite steps skipped' if skipped else ''
+  # Any other scalar a step returns (a new method's, a loss term's), as it is; arrays stay in history.json.
+  extra = [f'{k} {v:.4g}' for k, v in means.items() if k not in _WINDOW_SHOWN and isinstance(v, (int, float))]
+  return ' | '.join([line] + extra)
+
+
+# The window metrics `window_line` formats itself, or leaves to TensorBoard and history.json (the built-in methods'
+# bookkeeping): every other scalar is appended to the line.
+_WINDOW_SHOWN = frozenset(('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used', 'steps_per_sec',
+                           'skipped_steps', 'pseudo_labels_new', 'full_cls_pass', 'grad_norm', 'step_kind'))
 
 
 class Reporter:
@@ -166,15 +176,16 @@ class Reporter:
 
   def window(self, done: int, means: dict, learning_rate: float) -> None:
     """A logging window's per-step means (and 'skipped_steps', 'steps_per_sec'), at step `done`."""
-    self.writer.write_scalars(done, {f'train/{k}': v for k, v in dict(means, learning_rate=learning_rate).items()})
+    self.writer.write_scalars(done, {f'train/{k}': v for k, v in dict(means, learning_rate=learning_rate).items()
+                                     if isinstance(v, (int, float))})
     self.print(window_line(self.exp.method, done, self.exp.total_steps, self.exp.steps_per_epoch, means))
 
   def epoch(self, record: dict, log, params, final: bool) -> None:
     """An evaluation's record: TensorBoard, the reconstruction grid of `params`, history.json, one console line."""
     step = record['step']
+    # Scalars only: per-class and other array values go to history.json alone.
     self.writer.write_scalars(step, {f'epoch/{k}': float(v) for k, v in record.items()
-                                     if v is not None and k not in ('epoch', 'step', 'pseudo_labels_per_class',
-                                                                        'pseudo_labels_correct_per_class')})
+                                     if isinstance(v, (int, float)) and k not in ('epoch', 'step')})
     grid = reconstruction_figure(self.exp.model, params, self.figure_images, self.config,
                                  self.figures_dir / f'reconstruction_epoch_{record["epoch"]:03d}.png', self.is_main)
     self.writer.write_images(step, {'reconstruction': grid[None]})
@@ -246,12 +257,16 @@ def results(exp, log, test_at_best: float | None) -> dict:
       # This command's whole wall time, from its process's start (imports, compiling and a pre-training stage in
       # the same command included); a resumed run counts only the command that finished it.
       command_wall_seconds=runtime.command_wall_seconds(),
+      # XLA's count of the compiled steps this run took, each kind of step times the steps of that kind (flops.py).
+      flops=exp.step_flops.total(log.kind_steps),
+      flops_per_step={kind: exp.step_flops.of(kind) for kind in log.kind_steps},
+      steps_per_kind=dict(log.kind_steps),
       history=log.history,
       config=configuration.to_dict(exp.config),
   )
   if exp.config.pretrain_steps:
     pre = fileio.read_json(exp.workdir / experiment.PRETRAIN_DIR / 'results.json')
-    out['pretraining'] = dict(steps=pre['steps'], wall_seconds=pre['wall_seconds'])
+    out['pretraining'] = {k: pre[k] for k in ('steps', 'wall_seconds', 'flops') if k in pre}
   source = fileio.path(exp.config.init_from) / 'results.json' if exp.config.init_from else None
   if source and source.exists():
     out['initialization'] = fileio.read_json(source)

@@ -3,9 +3,23 @@ the current epoch's metric sums. Saved as JSON with every latest checkpoint, so 
 
 import dataclasses
 
-# Per-step metrics whose epoch means go into each epoch's record, as train_<name>.
-# full_cls_pass: the share of steps whose L_cls pass covered all U unlabeled rows (config.unlabeled_cls_rows).
+import numpy as np
+
+# Per-step metrics whose epoch means every record has, as train_<name> (None in an epoch without a trained step); any
+# other metric a step returns joins them in the epochs it was logged. full_cls_pass: the share of steps whose L_cls
+# pass covered all U unlabeled rows (config.unlabeled_cls_rows).
 TRAIN_MEANS = ('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used', 'full_cls_pass')
+
+
+def _add(a, b):
+  """Sums of scalars (floats) or of arrays (lists, as JSON keeps them)."""
+  if isinstance(a, list) or isinstance(b, list):
+    return (np.asarray(a, np.float64) + np.asarray(b, np.float64)).tolist()
+  return a + b
+
+
+def _mean(total, n: int):
+  return (np.asarray(total, np.float64) / n).tolist() if isinstance(total, list) else total / n
 
 
 @dataclasses.dataclass
@@ -20,6 +34,8 @@ class RunLog:
   # Sums of the per-step metrics over the current epoch's trained steps, and their count as 'steps'.
   epoch_sums: dict[str, float] = dataclasses.field(default_factory=dict)
   skipped_steps: int = 0  # Non-finite steps skipped (config.nan_policy='skip').
+  # Steps taken of each kind of work (methods.Method.kinds), skipped ones included: what the run's FLOPs count.
+  kind_steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
     """A deep copy: orbax writes it in the background while the loop goes on changing the log."""
@@ -33,7 +49,7 @@ class RunLog:
   def add_window(self, sums: dict[str, float], trained: int, skipped: int) -> None:
     """Adds the metric sums of a logging window of `trained` steps (skipped steps contribute zeros)."""
     for k, v in sums.items():
-      self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+      self.epoch_sums[k] = _add(self.epoch_sums[k], v) if k in self.epoch_sums else v
     self.epoch_sums['steps'] = self.epoch_sums.get('steps', 0) + trained
     self.skipped_steps += skipped
 
@@ -42,7 +58,12 @@ class RunLog:
     sums, self.epoch_sums = self.epoch_sums, {}
     n = sums.pop('steps', 0)
     # A key an older version's checkpoint lacks (resumed mid-epoch) has no mean.
-    return {f'train_{k}': (sums[k] / n if n and k in sums else None) for k in TRAIN_MEANS}
+    keys = list(TRAIN_MEANS) + [k for k in sums if k not in TRAIN_MEANS]
+    return {f'train_{k}': (_mean(sums[k], n) if n and k in sums else None) for k in keys}
+
+  def add_kind_steps(self, counts: dict[str, float]) -> None:
+    for kind, n in counts.items():
+      self.kind_steps[kind] = self.kind_steps.get(kind, 0.0) + n
 
   def note_gate(self, epoch: int, is_open: bool) -> None:
     if is_open and self.gate_opened_at_epoch is None:

@@ -7,6 +7,7 @@ import tempfile
 import time
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 from ssmae_jax import fileio
 
@@ -100,12 +101,22 @@ def compilation_cache_dir(config, workdir, environ=os.environ) -> str | None:
   return str(fileio.path(directory) if directory else fileio.path(workdir) / 'compilation_cache')
 
 
+def ensure_compilation_cache(config, workdir) -> str | None:
+  """`enable_compilation_cache` unless this process already has a cache (main.py turns it on at start-up, or
+  $JAX_COMPILATION_CACHE_DIR did): runs started in-process (a notebook, a script) get the run's cache too."""
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  return enable_compilation_cache(config, workdir)
+
+
 def enable_compilation_cache(config, workdir) -> str | None:
   """Turns XLA's persistent compilation cache on at `compilation_cache_dir`. Call before anything compiles."""
   directory = compilation_cache_dir(config, workdir)
   if directory is None:
     return None
   jax.config.update('jax_compilation_cache_dir', directory)
+  # In a process that compiled something before (a notebook), JAX has settled on no cache: make it look again.
+  compilation_cache.reset_cache()
   # Every compiled step is worth keeping: the evaluation and metric steps compile in under JAX's default second.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   global _cache_counter

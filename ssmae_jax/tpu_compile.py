@@ -6,6 +6,7 @@ No data is read: the batches are shapes, the dataset's size comes from its TFDS 
 the slice is a roofline from the chip's peak figures, an estimate, not a measurement.
 """
 
+import collections
 import contextlib
 import dataclasses
 import importlib.util
@@ -192,7 +193,7 @@ def programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   """The programs a run of `config` compiles: each stage's train step, then the eval step. The one place that
   builds them from the library's parts, imported here: the rest of this module also serves main.py's and the tests'
   start-up (skip_absent_tpu), before TensorFlow and the library load."""
-  from ssmae_jax import experiment, methods, models, steps
+  from ssmae_jax import evaluation, experiment, methods, models
   model = models.from_config(config, shape.num_classes, backend='tpu')
   stages = ([('pretrain', experiment.pretraining_config(config))] if config.pretrain_steps else []) + [
       ('train', config)]
@@ -203,7 +204,7 @@ def programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
     method = methods.get(stage.method)
     step = method.make_step(model, tx, stage, mesh)
     out.append(Program(name, stage, step, (state, _batch(stage, shape, method)), 0))
-  out.append(Program('eval', config, steps.make_eval_step(model, config, mesh),
+  out.append(Program('eval', config, evaluation.make_eval_step(model, config, mesh),
                      (state.params, _eval_batch(config, shape)), _nbytes(state) - _nbytes(state.params)))
   return out
 
@@ -224,7 +225,7 @@ def compile_program(program: Program) -> dict:
   memory, hlo = compiled.memory_analysis(), compiled.as_text()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  matmuls = _MATMUL.findall(hlo)
+  matmuls = collections.Counter(_MATMUL.findall(hlo))
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
            + memory.temp_size_in_bytes)
   return dict(
@@ -234,11 +235,10 @@ def compile_program(program: Program) -> dict:
       # XLA's peak, or arguments + outputs (less the donated state they share) + temporaries if that is more.
       peak_bytes=max(getattr(memory, 'peak_memory_in_bytes', 0), total),
       flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
-      collectives={k: _COLLECTIVE.findall(hlo).count(k) for k in sorted(set(_COLLECTIVE.findall(hlo)))},
-      compute_dtype=max(set(matmuls), key=matmuls.count) if matmuls else None,
+      collectives=dict(sorted(collections.Counter(_COLLECTIVE.findall(hlo)).items())),
+      compute_dtype=matmuls.most_common(1)[0][0] if matmuls else None,  # Of most matmuls.
       f64=bool(re.search(r'\b(f64|c128)\[', hlo)),
       host_callbacks=host_transfers(hlo))
-
 
 
 def host_transfers(hlo: str) -> int:
@@ -295,13 +295,20 @@ def compile_config(config, topology: str) -> dict:
   report = dict(topology=topology, libtpu_topology=tpu.topology, libtpu_options=tpu.options, chip=chip.name,
                 devices=n, hosts=len({d.process_index for d in devices}), devices_per_chip=per_chip,
                 hbm_bytes_per_chip=chip.hbm_bytes, peak_flops_per_chip=chip.bf16_flops,
-                hbm_bandwidth_per_chip=chip.hbm_bandwidth, model_dtype=config.model.dtype, programs={})
+                hbm_bandwidth_per_chip=chip.hbm_bandwidth, model_dtype=config.model.dtype, programs={},
+                out_of_memory={})
   report['batch_errors'] = batch_lines(config, topology, n) if topology in SLICES else [
       f'config.{b}={config[b]} does not divide by the {n} devices.' for b in BATCHES if config[b] % n]
   for program in programs(config, shape, mesh=Mesh(np.asarray(devices), ('data',))):
     if any(x.shape[0] % n for x in jax.tree.leaves(program.args[1])):
       continue  # Refused by the run too (batch_errors says which batch and what would split).
-    out = compile_program(program)
+    try:
+      out = compile_program(program)
+    except jax.errors.JaxRuntimeError as e:  # XLA refuses a program that does not fit, saying how much it needs.
+      if 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      report['out_of_memory'][program.name] = ' '.join(str(e).split())
+      continue
     out['peak_bytes_per_chip'] = (out['peak_bytes'] + program.resident_bytes) * per_chip
     out['flops_per_step'] = out['flops'] * n
     compute, memory = out['flops'] * per_chip / chip.bf16_flops, out['bytes_accessed'] * per_chip / chip.hbm_bandwidth
@@ -318,7 +325,8 @@ def summarize(report: dict) -> dict:
   train = compiled.get('train', {})
   peak = max((p['peak_bytes_per_chip'] for p in compiled.values()), default=0)
   report.update(
-      fits=bool(compiled) and peak <= report['hbm_bytes_per_chip'], peak_bytes_per_chip=peak,
+      fits=bool(compiled) and not report['out_of_memory'] and peak <= report['hbm_bytes_per_chip'],
+      peak_bytes_per_chip=None if report['out_of_memory'] else peak,
       flops_per_step=train.get('flops_per_step'), bytes_per_step=train.get('bytes_accessed', 0) * report['devices'],
       roofline_step_ms=train.get('roofline_step_ms'), compute_dtype=train.get('compute_dtype'),
       compile_seconds=sum(p['compile_seconds'] for p in compiled.values()),
@@ -329,13 +337,7 @@ def summarize(report: dict) -> dict:
 
 def checks(report: dict) -> list[dict]:
   """What would fail on the slice: each {'check', 'ok', 'line'}."""
-  compiled = report['programs']
-  hbm, peak = report['hbm_bytes_per_chip'] / GIB, report['peak_bytes_per_chip'] / GIB
-  where = max(compiled, key=lambda k: compiled[k]['peak_bytes_per_chip'], default='-')
-  out = [dict(check='fits', ok=report['fits'], line=(
-      f'fits: peak {peak:.2f} GiB of {hbm:.0f} GiB HBM per chip ({where})' if report['fits'] else
-      f'does not fit: peak {peak:.2f} GiB > {hbm:.0f} GiB HBM per chip ({where}): smaller batches or model, or a '
-      'chip with more HBM (v5p: 95 GiB)' if compiled else 'nothing compiled (see the batch lines)'))]
+  out = [dict(check='fits', ok=report['fits'], line=_fits_line(report))]
   out += [dict(check='batch', ok=False, line=line) for line in report['batch_errors']] or [
       dict(check='batch', ok=True, line=f'batches: every global batch splits over the {report["devices"]} devices')]
   f64 = [k for k, p in compiled.items() if p['f64']]
@@ -351,6 +353,20 @@ def checks(report: dict) -> list[dict]:
       f'compute dtype (matmuls): {", ".join(f"{d} in {k}" for k, d in dtypes.items())} with model.dtype='
       f"'{report['model_dtype']}'" + (": 'auto' must compute in bf16 on a TPU" if auto and wrong else ''))))
   return out
+
+
+def _fits_line(report: dict) -> str:
+  compiled, hbm = report['programs'], report['hbm_bytes_per_chip'] / GIB
+  advice = 'smaller batches or model, or a chip with more HBM (v5p: 95 GiB)'
+  if report['out_of_memory']:
+    return f'does not fit ({advice}): ' + '; '.join(f'{k}: {why}' for k, why in report['out_of_memory'].items())
+  if not compiled:
+    return 'nothing compiled (see the batch lines)'
+  where = max(compiled, key=lambda k: compiled[k]['peak_bytes_per_chip'])
+  peak = report['peak_bytes_per_chip'] / GIB
+  if report['fits']:
+    return f'fits: peak {peak:.2f} GiB of {hbm:.0f} GiB HBM per chip ({where})'
+  return f'does not fit: peak {peak:.2f} GiB > {hbm:.0f} GiB HBM per chip ({where}): {advice}'
 
 
 def format_report(report: dict, config_name: str) -> list[str]:

@@ -3,6 +3,8 @@ logging, checkpoints and preemption, read top to bottom; `train` (main.py's) run
 before it. What a run is built from is experiment.py; what it writes is reporting.py."""
 
 import collections
+import contextlib
+import functools
 import signal
 import threading
 import time
@@ -12,8 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssmae_jax import checkpointing, configuration, experiment as experiment_lib, fileio, gate, input_pipeline
-from ssmae_jax import predict, reporting, runtime, sharding, steps
+from ssmae_jax import checkpointing, configuration, evaluation, experiment as experiment_lib, fileio, gate
+from ssmae_jax import input_pipeline, predict, reporting, runtime, sharding
 from ssmae_jax.run_log import RunLog
 
 PREFETCH_TO_DEVICE = 2
@@ -21,34 +23,48 @@ PREFETCH_TO_DEVICE = 2
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        experiment: experiment_lib.Experiment | None = None, preemption: 'Preemption | None' = None,
-                       reporter: reporting.Reporter | None = None) -> dict | None:
-  """Trains (or resumes) the run of `config` in `workdir` to its end and returns results.json's content.
+                       reporter: reporting.Reporter | None = None) -> tuple[object, dict | None]:
+  """Trains (or resumes) the run of `config` in `workdir` to its end -> (the last train state, results.json's
+  content).
 
-  Returns None when `preemption` stopped it first (a checkpoint is saved there; the same call resumes it).
-  `experiment` is `experiment.build(config, workdir)` unless given (e.g. with a changed initial state); its
-  `state` is the last one when this returns.
+  The results are None when `preemption` stopped the run first (a checkpoint is saved there; the same call resumes
+  it). `experiment` is `experiment.build(config, workdir)` unless given (e.g. with a changed initial state); it is not
+  changed: its `state` stays the initial one (donated to the first step: use the returned state).
   """
   exp = experiment or experiment_lib.build(config, workdir)
-  config, checkpoints = exp.config, exp.checkpoints
   report = reporter or reporting.Reporter(exp)
+  with saves_finished_on_error(exp.checkpoints):
+    state, log = restore(exp)
+    clock = reporting.Clock(log.wall_seconds)
+    report.start(int(state.step))
+    preemption = preemption or SigtermWatch(exp.checkpoints)
+    state, stopped = train_steps(exp, state, log, report, clock, preemption)
+    return (state, None) if stopped else finish(exp, state, log, report, clock, preemption)
 
+
+def restore(exp: experiment_lib.Experiment):
+  """(the state to start from, the run's log): the latest checkpoint's if the workdir has one, else the initial."""
   state, log = exp.state, RunLog()
-  restored = checkpoints.restore_latest(state, delete_unreadable=True)
+  restored = exp.checkpoints.restore_latest(state, delete_unreadable=True)
   if restored is not None:
     state, saved_log = restored
     log = RunLog.from_json(saved_log)
   # A run killed after saving a best checkpoint but before the next latest one redoes that evaluation.
-  checkpoints.discard_best_after(log.best_step())
-  start_step = int(state.step)
-  clock = reporting.Clock(log.wall_seconds)
-  report.start(start_step)
+  exp.checkpoints.discard_best_after(log.best_step())
+  return state, log
 
+
+def train_steps(exp: experiment_lib.Experiment, state, log: RunLog, report: reporting.Reporter,
+                clock: reporting.Clock, preemption: 'Preemption'):
+  """The steps from the state's to the run's last, with the evaluations at epoch starts, logging windows and
+  checkpoints; at a preemption, a checkpoint and a stop there. -> (the state after the last step taken, whether a
+  preemption stopped the run)."""
+  config, checkpoints, start_step = exp.config, exp.checkpoints, int(state.step)
   train_step = exp.method.make_step(exp.model, exp.tx, config, exp.mesh)
   batches = prefetch_to_device(input_pipeline.train_iterator(
       exp.splits, config, start_step, process_index=jax.process_index(), process_count=jax.process_count(),
       need_labeled=exp.method.uses_labeled, need_unlabeled=exp.method.uses_unlabeled), exp.mesh)
   window = MetricWindow()
-  preemption = preemption or SigtermWatch(checkpoints)
   profile = runtime.StepProfile(config.profile_steps, exp.workdir)
 
   for step in range(start_step, exp.total_steps):
@@ -81,24 +97,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       checkpoints.close()
       preemption.close()
       report.stopped(done, preemption.reason)
-      exp.state = state
-      return None
+      return state, True
+  return state, False
 
+
+def finish(exp: experiment_lib.Experiment, state, log: RunLog, report: reporting.Reporter, clock: reporting.Clock,
+           preemption: 'Preemption') -> tuple[object, dict]:
+  """After the last step: the final evaluation, the last checkpoint, results.json and the summary -> (the state,
+  the results)."""
   if log.last_epoch_evaluated < exp.num_epochs:
     state = evaluate_epoch(exp, state, exp.num_epochs, log, report, clock, final=True)
   log.wall_seconds = clock.seconds()
-  if checkpoints.latest.latest_step() != exp.total_steps:
-    checkpoints.save(state, log.to_json())
-  checkpoints.wait()
+  if exp.checkpoints.latest.latest_step() != exp.total_steps:
+    exp.checkpoints.save(state, log.to_json())
+  exp.checkpoints.wait()
   preemption.close()
   results = reporting.results(exp, log, test_at_best_validation(exp, state, log))
   report.finish(results, log)
   if exp.splits.has_files and exp.method.classifies:  # What a folder user came for: labels for their files.
     report.print('Wrote ' + predict.write_pseudo_labels(exp.workdir, exp.model, state.params, state.pseudo_labels,
-                                                        exp.splits, config, exp.mesh))
-  checkpoints.close()
-  exp.state = state
-  return results
+                                                        exp.splits, exp.config, exp.mesh))
+  exp.checkpoints.close()
+  return state, results
+
+
+@contextlib.contextmanager
+def saves_finished_on_error(checkpoints: checkpointing.Checkpoints):
+  """An exception inside (a plugin's bug, a non-finite loss) ends the command with that exception, not with orbax's:
+  the checkpoint saves in flight finish first, quietly, so no background thread reports after it."""
+  try:
+    yield
+  except BaseException:
+    try:
+      checkpoints.wait()
+      checkpoints.close()
+    except Exception:  # The exception being raised is the one the user needs.
+      pass
+    raise
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -112,9 +147,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
       if jax.process_index() == 0:
         print(f'Pre-training (config.pretrain_steps={config.pretrain_steps}, method mae_pretrain) in {pretrain_dir}; '
               f'then {config.method} starts from it.', flush=True)
-      if train_and_evaluate(experiment_lib.pretraining_config(config), str(pretrain_dir)) is None:
+      if train_and_evaluate(experiment_lib.pretraining_config(config), str(pretrain_dir))[1] is None:
         return None
-  return train_and_evaluate(config, workdir)
+  return train_and_evaluate(config, workdir)[1]
 
 
 def is_due(count: int, every: int, last: int | None = None) -> bool:
@@ -131,11 +166,9 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
   classifies = exp.method.classifies  # A method that never trains the head has nothing to evaluate.
   val = exp.evaluate(state.params, 'val') if classifies else None
   hca = val.high_conf_accuracy if val else 0.0
-  is_open = exp.method.gated and gate.gate_open_for_epoch(
-      config.gate, epoch, config.warmup_epochs, hca, config.gate_threshold,
-      num_confident=val.num_confident if val else 0, min_confident=config.gate_min_confident)
-  if not final:
-    state = state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(exp.mesh)))
+  is_open = False
+  if exp.method.gated and not final:  # After the last step the gate decides nothing.
+    state, is_open = gate.decide(state, config, evaluation.gate_stats(val, epoch, exp.splits.num_classes), exp.mesh)
     log.note_gate(epoch, is_open)
   test_due = classifies and (final or is_due(epoch, config.test_every_epochs))
   test = exp.evaluate(state.params, 'test') if test_due else None
@@ -147,7 +180,7 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
                 pseudo_labels_total=memory['total'], pseudo_labels_new=memory['total'] - log.pseudo_labels_total,
                 pseudo_label_precision=memory['precision'], pseudo_labels_per_class=memory['per_class'],
                 pseudo_labels_correct_per_class=memory['correct_per_class'],
-                **log.take_epoch_means(), wall_seconds=clock.seconds())
+                **log.take_epoch_means(), flops=exp.step_flops.total(log.kind_steps), wall_seconds=clock.seconds())
   if log.close_epoch(record):
     exp.checkpoints.save_best(int(state.step), state.params, dict(epoch=epoch, val_accuracy=record['val_accuracy']))
   report.epoch(record, log, state.params, final)
@@ -171,8 +204,10 @@ def log_window(exp: experiment_lib.Experiment, window: 'MetricWindow', done: int
         'gradients (config.optimizer.grad_clip_norm) or set config.nan_policy=skip.')
   # nan_policy='skip': skipped steps report zeros and count in no mean.
   trained = steps_in_window - nonfinite
+  log.add_kind_steps(exp.step_flops.counts(sums, steps_in_window))
   log.add_window(sums, trained, nonfinite)
-  means = {k: v / max(trained, 1) for k, v in sums.items()}
+  means = {k: (np.asarray(v) / max(trained, 1)).tolist() if isinstance(v, list) else v / max(trained, 1)
+           for k, v in sums.items()}
   means.update(skipped_steps=nonfinite, steps_per_sec=steps_per_sec)
   report.window(done, means, float(experiment_lib.learning_rate_schedule(exp.config, exp.total_steps)(done)))
 
@@ -203,15 +238,28 @@ class MetricWindow:
     self.totals, self.steps, self.start = None, 0, time.time()
 
   def add(self, metrics: dict) -> None:
-    self.totals = steps.start_sums(metrics) if self.totals is None else steps.accumulate(self.totals, metrics)
+    self.totals = start_sums(metrics) if self.totals is None else accumulate(self.totals, metrics)
     self.steps += 1
 
   def fetch(self) -> tuple[dict, float]:
-    """(sums as floats, steps per second since the last fetch), and starts a new window."""
-    sums = {k: float(v) for k, v in jax.device_get(self.totals).items()}
+    """(sums: floats, or lists for array metrics; steps per second since the last fetch), and starts a new window."""
+    sums = {k: float(v) if np.ndim(v) == 0 else np.asarray(v).tolist() for k, v in jax.device_get(self.totals).items()}
     rate = self.steps / max(time.time() - self.start, 1e-9)
     self.totals, self.steps, self.start = None, 0, time.time()
     return sums, rate
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def accumulate(total: dict, metrics: dict) -> dict:
+  """Adds a step's metrics to running sums; `finite_steps` counts the steps before the first non-finite one."""
+  out = {k: total[k] + v for k, v in metrics.items()}
+  out['finite_steps'] = total['finite_steps'] + (out['nonfinite'] == 0)
+  return out
+
+
+def start_sums(metrics: dict) -> dict:
+  """The running sums of `accumulate` after one step."""
+  return dict(metrics, finite_steps=1.0 - metrics['nonfinite'])
 
 
 class Preemption(Protocol):

@@ -22,9 +22,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssmae_jax import fileio, masking
+from ssmae_jax import fileio, masking, registry
 from ssmae_jax.errors import UserError
-from ssmae_jax.steps import IMAGENET_MEAN, IMAGENET_STD, prepare_images
+from ssmae_jax.methods.common import prepare_images
+from ssmae_jax.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 GREY = 128
 GAP_COLOUR = 255
@@ -77,7 +78,7 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
 
   Args:
     images: uint8 [n, H, W, 3], the originals.
-    pred: float [n, N, p*p*3], the decoder output, in the space of `steps.normalize` (per-patch normalised when
+    pred: float [n, N, p*p*3], the decoder output, in the space of `methods.common.normalize` (per-patch normalised when
       the model was trained with `norm_pix_loss`: each patch is then mapped back with its original's mean/std).
     mask: [n, N], 1 on removed patches.
     patch_size: p.
@@ -103,22 +104,23 @@ def reconstruction_grid(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, 
   return _tile_grid([[_upsample(col[i], scale) for col in columns] for i in range(len(images))], gap)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'mask_ratio'))
-def _reconstruct(model, params, images: jax.Array, seed: jax.Array, mask_ratio: float):
-  ids_keep, mask, ids_restore = masking.random_masking(jax.random.key(seed), images.shape[0], model.num_patches,
-                                                       mask_ratio)
+@functools.partial(jax.jit, static_argnames=('model', 'mask_ratio', 'masking_name'))
+def _reconstruct(model, params, images: jax.Array, seed: jax.Array, mask_ratio: float, masking_name: str):
+  draw = registry.maskings.get(masking_name)
+  ids_keep, mask, ids_restore = draw(jax.random.key(seed), images.shape[0], model.num_patches, mask_ratio)
   pred = model.apply({'params': params}, prepare_images(images, model.image_size), ids_keep, ids_restore,
                      method=model.reconstruct)
   return pred, mask
 
 
-def reconstruct(model, params, images_uint8: np.ndarray, *, mask_ratio: float,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """-> (pred float32 [n, N, p*p*3], mask float32 [n, N]) for `reconstruction_grid`.
+def reconstruct(model, params, images_uint8: np.ndarray, *, mask_ratio: float, seed: int = 0,
+                masking_name: str = 'random') -> tuple[np.ndarray, np.ndarray]:
+  """-> (pred float32 [n, N, p*p*3], mask float32 [n, N]) for `reconstruction_grid`, under the registered masking
+  `masking_name` (config.masking).
 
   The masks depend only on `seed` and n, so a fixed set of images gives comparable grids across epochs.
   """
-  pred, mask = _reconstruct(model, params, jnp.asarray(images_uint8), jnp.int32(seed), mask_ratio)
+  pred, mask = _reconstruct(model, params, jnp.asarray(images_uint8), jnp.int32(seed), mask_ratio, masking_name)
   return np.asarray(jax.device_get(pred)), np.asarray(jax.device_get(mask))
 
 

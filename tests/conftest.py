@@ -71,6 +71,19 @@ def small_config(data_dir: str, **overrides):
   return c
 
 
+def gate_rule_decides(rule: str, epoch: int, warmup: int, hca: float, threshold: float, num_confident: int = 0,
+                      min_confident: int = 0) -> bool:
+  """The registered gate rule `rule` on a validation pass with these numbers."""
+  import ml_collections
+  import numpy as np
+  from ssmae_jax import registry
+  config = ml_collections.ConfigDict(dict(warmup_epochs=warmup, gate_threshold=threshold,
+                                          gate_min_confident=min_confident))
+  stats = dict(epoch=epoch, accuracy=hca, hca=hca, confident=num_confident, count=100,
+               per_class_confident=np.zeros(10, int), per_class_correct=np.zeros(10, int))
+  return registry.gate_rules.get(rule)(stats, config)
+
+
 def config_flags(overrides: dict) -> list[str]:
   """main.py's flags for `overrides` of configs/smoke.py."""
   return [f'--config.{k}={v}' for k, v in overrides.items()]

@@ -14,7 +14,7 @@ import pytest
 
 from ssmae_jax.configs import default
 from ssmae_jax import configuration
-from ssmae_jax.configuration import Float, Int, OneOf, Text, Tuple
+from ssmae_jax.fields import Float, Int, OneOf, Text, Tuple
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +110,7 @@ def test_values_outside_the_declaration_are_one_line_errors(name):
 def test_a_field_the_defaults_do_not_have_is_refused():
   config = default.get_config()
   config.tua = 0.9
-  with pytest.raises(UserError, match=r'^config\.tua is not a field of configs/default\.py'):
+  with pytest.raises(UserError, match=r'^config\.tua is not a declared field'):
     configuration.validate(config)
 
 

@@ -12,7 +12,9 @@ import pytest
 import tensorflow as tf
 
 from ssmae_jax.configs.default import get_config
-from ssmae_jax import augment, masking, methods, models, predict, sharding, steps, train_state, visualize
+from ssmae_jax import augment, evaluation, masking, methods, models, normalization, predict, sharding, train_state
+from ssmae_jax import visualize
+from ssmae_jax.methods import common
 
 STORED, SIZE, L, U, POOL, CLASSES = 32, 64, 4, 8, 16, 10
 # The host path rounds its resized image to uint8: half a grey level, in normalised units (the smallest std).
@@ -25,22 +27,22 @@ def uint8_images(n: int, size: int = STORED, seed: int = 0) -> np.ndarray:
 
 def test_prepare_images_is_normalize_when_sizes_match():
   images = uint8_images(3)
-  np.testing.assert_array_equal(steps.prepare_images(images, STORED), steps.normalize(images))
-  prepare = jax.jit(steps.prepare_images, static_argnums=1)
-  np.testing.assert_array_equal(prepare(images, STORED), jax.jit(steps.normalize)(images))
+  np.testing.assert_array_equal(common.prepare_images(images, STORED), common.normalize(images))
+  prepare = jax.jit(common.prepare_images, static_argnums=1)
+  np.testing.assert_array_equal(prepare(images, STORED), jax.jit(common.normalize)(images))
 
 
 def test_prepare_images_equals_resize_then_normalize():
   images = uint8_images(3)
-  prepared = np.asarray(jax.jit(steps.prepare_images, static_argnums=1)(images, SIZE))
+  prepared = np.asarray(jax.jit(common.prepare_images, static_argnums=1)(images, SIZE))
   assert prepared.shape == (3, SIZE, SIZE, 3) and prepared.dtype == np.float32
   # The same bilinear resize in float, before normalising: equal up to float rounding.
   resized = jax.image.resize(jnp.asarray(images, jnp.float32), (3, SIZE, SIZE, 3), 'bilinear')
-  expected = (resized / 255.0 - steps.IMAGENET_MEAN) / steps.IMAGENET_STD
+  expected = (resized / 255.0 - normalization.IMAGENET_MEAN) / normalization.IMAGENET_STD
   np.testing.assert_allclose(prepared, expected, atol=1e-5)
   # The host path of resize_on_device=False (tf.data's resize to uint8): within its rounding.
   host = augment.resize(tf.constant(images), SIZE).numpy()
-  np.testing.assert_allclose(prepared, steps.normalize(host), atol=UINT8_ROUNDING)
+  np.testing.assert_allclose(prepared, common.normalize(host), atol=UINT8_ROUNDING)
 
 
 def tiny_config(method: str = 'ssmae'):
@@ -94,7 +96,7 @@ def test_eval_predict_and_reconstruct_take_stored_size_images(setup):
   model, params, mesh = setup
   images = uint8_images(4, seed=6)
   batch = dict(image=images, label=np.arange(4, dtype=np.int32), mask=np.array([True, True, True, False]))
-  sums = jax.device_get(steps.make_eval_step(model, tiny_config(), mesh)(params, sharding.to_global(batch, mesh)))
+  sums = jax.device_get(evaluation.make_eval_step(model, tiny_config(), mesh)(params, sharding.to_global(batch, mesh)))
   assert int(sums['count']) == 3
   classes, confidences = jax.device_get(predict.make_predict_step(model, mesh)(params, jnp.asarray(images)))
   assert classes.shape == confidences.shape == (4,)

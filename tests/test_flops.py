@@ -25,24 +25,24 @@ def test_work_flops_grow_with_each_part_of_the_work():
   assert count(rec=8, cls=8, forward=8) == pytest.approx(classify + forward + reconstruct - 2 * update_only, rel=0.05)
 
 
-def test_step_kinds_follow_the_method():
+def test_legacy_step_kinds_follow_the_method():
   l, u = 16, 32
-  assert flops.step_kinds(config_for('supervised')) == {'step': dict(rec=0, cls=l, forward=0)}
-  assert flops.step_kinds(config_for('mae_pretrain')) == {'step': dict(rec=u, cls=0, forward=0)}
-  kinds = flops.step_kinds(config_for('ssmae'))
+  assert flops.legacy_step_kinds(config_for('supervised')) == {'step': dict(rec=0, cls=l, forward=0)}
+  assert flops.legacy_step_kinds(config_for('mae_pretrain')) == {'step': dict(rec=u, cls=0, forward=0)}
+  kinds = flops.legacy_step_kinds(config_for('ssmae'))
   assert kinds == {'labeled_only': dict(rec=l + u, cls=l, forward=0),
                    'with_memory': dict(rec=l + u, cls=l + u, forward=0),
                    'gate_open': dict(rec=l + u, cls=l + u, forward=u)}
-  assert flops.step_kinds(config_for('ssmae', rec_weight=0.0))['gate_open']['rec'] == 0
-  narrow = flops.step_kinds(config_for('ssmae', unlabeled_cls_rows=4))
+  assert flops.legacy_step_kinds(config_for('ssmae', rec_weight=0.0))['gate_open']['rec'] == 0
+  narrow = flops.legacy_step_kinds(config_for('ssmae', unlabeled_cls_rows=4))
   assert narrow == dict(kinds, with_memory_rows=dict(rec=l + u, cls=l + 4, forward=0),
                         gate_open_rows=dict(rec=l + u, cls=l + 4, forward=u))
   # config.teacher_ema: with the gate open the teacher's forward passes of both views replace the one of the view
   # not trained. A method without pseudo-labels keeps no teacher.
-  taught = flops.step_kinds(config_for('ssmae', teacher_ema=0.99, unlabeled_cls_rows=4))
+  taught = flops.legacy_step_kinds(config_for('ssmae', teacher_ema=0.99, unlabeled_cls_rows=4))
   assert taught == dict(narrow, gate_open=dict(rec=l + u, cls=l + u, forward=2 * u),
                         gate_open_rows=dict(rec=l + u, cls=l + 4, forward=2 * u))
-  assert flops.step_kinds(config_for('supervised', teacher_ema=0.99)) == flops.step_kinds(config_for('supervised'))
+  assert flops.legacy_step_kinds(config_for('supervised', teacher_ema=0.99)) == flops.legacy_step_kinds(config_for('supervised'))
 
 
 def test_runs_of_one_model_share_each_compiled_count(monkeypatch):

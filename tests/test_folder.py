@@ -104,13 +104,14 @@ def folder_run(dirs, tmp_path_factory):
   workdir, root = str(tmp_path_factory.mktemp('run')), tmp_path_factory.mktemp('data')
   before = folder_config(_copy_folders(dirs, str(root / 'before')))
   first = experiment.build(before, workdir)
-  assert train.train_and_evaluate(before, workdir, experiment=first, preemption=train.StopAtStep(5)) is None
-  at_stop = np.asarray(first.state.pseudo_labels)
+  stopped, results = train.train_and_evaluate(before, workdir, experiment=first, preemption=train.StopAtStep(5))
+  assert results is None
+  at_stop = np.asarray(stopped.pseudo_labels)
   (root / 'before').rename(root / 'after')
   after = folder_config({name: str(root / 'after' / name) for name in dirs})
   run = experiment.build(after, workdir)
   restored, _ = run.checkpoints.restore_latest(run.state)
-  results = train.train_and_evaluate(after, workdir, experiment=run)
+  run.state, results = train.train_and_evaluate(after, workdir, experiment=run)  # The finished run's last state.
   return run, workdir, results, at_stop, np.asarray(restored.pseudo_labels)
 
 

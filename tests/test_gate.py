@@ -4,12 +4,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import gate_rule_decides as _open
 
 from ssmae_jax.configs import default
-from ssmae_jax import gate, methods, train_state
+from ssmae_jax import gate, registry, methods, train_state
+
 
 TAU = 0.95
 
@@ -87,43 +90,43 @@ def test_high_confidence_accuracy_over_batches_from_counts():
   assert gate.high_confidence_accuracy(total_n, total_c) == pytest.approx(3 / 4)
 
 
-# --- gate_open_for_epoch ---------------------------------------------------------------------------------------------
+# --- the built-in gate rules ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('epoch', [0, 1, 9])
 @pytest.mark.parametrize('hca', [0.0, 0.7, 0.99, 1.0])
 def test_gate_closed_during_warmup_whatever_the_hca(epoch, hca):
-  assert gate.gate_open_for_epoch('dynamic', epoch, 10, hca, 0.70) is False
+  assert _open('hca', epoch, 10, hca, 0.70) is False
 
 
 @pytest.mark.parametrize('epoch', [10, 11, 399])
 def test_gate_after_warmup_opens_iff_hca_reaches_threshold(epoch):
-  assert gate.gate_open_for_epoch('dynamic', epoch, 10, 0.71, 0.70) is True
-  assert gate.gate_open_for_epoch('dynamic', epoch, 10, 0.69, 0.70) is False
-  assert gate.gate_open_for_epoch('dynamic', epoch, 10, 0.0, 0.70) is False
+  assert _open('hca', epoch, 10, 0.71, 0.70) is True
+  assert _open('hca', epoch, 10, 0.69, 0.70) is False
+  assert _open('hca', epoch, 10, 0.0, 0.70) is False
 
 
 def test_gate_opens_exactly_at_threshold():
-  assert gate.gate_open_for_epoch('dynamic', 10, 10, 0.70, 0.70) is True
-  assert gate.gate_open_for_epoch('dynamic', 10, 10, 0.75, 0.75) is True
+  assert _open('hca', 10, 10, 0.70, 0.70) is True
+  assert _open('hca', 10, 10, 0.75, 0.75) is True
 
 
 def test_gate_with_zero_warmup_can_open_at_epoch_zero():
-  assert gate.gate_open_for_epoch('dynamic', 0, 0, 0.8, 0.70) is True
+  assert _open('hca', 0, 0, 0.8, 0.70) is True
 
 
 @pytest.mark.parametrize('epoch, hca', [(0, 0.0), (5, 0.0), (50, 0.1), (50, 0.9)])
 def test_gate_always_open_mode(epoch, hca):
-  assert gate.gate_open_for_epoch('always_open', epoch, 10, hca, 0.70) is True
+  assert _open('always_open', epoch, 10, hca, 0.70) is True
 
 
 @pytest.mark.parametrize('epoch, hca', [(0, 1.0), (10, 1.0), (50, 0.9), (399, 1.0)])
 def test_gate_never_mode(epoch, hca):
-  assert gate.gate_open_for_epoch('never', epoch, 10, hca, 0.70) is False
+  assert _open('never', epoch, 10, hca, 0.70) is False
 
 
-def test_gate_modes_listed():
-  assert set(gate.GATE_MODES) == {'dynamic', 'always_open', 'never'}
+def test_gate_rules_registered():
+  assert {'hca', 'always_open', 'never'} <= set(registry.gate_rules.names())
 
 
 # --- select ----------------------------------------------------------------------------------------------------------

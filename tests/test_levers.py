@@ -4,12 +4,16 @@ default, and each does what it says when on."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import gate_rule_decides as _open
 
 from ssmae_jax.configs import default, smoke
-from ssmae_jax import baselines, gate, losses, masking, models, sharding, steps, train_state
+from ssmae_jax import gate, losses, masking, models, sharding, train_state
+from ssmae_jax.methods import baselines, common
+
 
 
 def test_levers_are_off_by_default():
@@ -27,11 +31,11 @@ def test_levers_are_off_by_default():
 ])
 def test_gate_min_confident(num_confident, min_confident, want):
   threshold = 0.0 if num_confident == 0 else 0.7
-  assert gate.gate_open_for_epoch('dynamic', 5, 0, 1.0 if num_confident else 0.0, threshold,
+  assert _open('hca', 5, 0, 1.0 if num_confident else 0.0, threshold,
                                   num_confident=num_confident, min_confident=min_confident) is want
   # A closed warm-up or a low HCA still keep it closed however many are confident.
-  assert gate.gate_open_for_epoch('dynamic', 5, 10, 1.0, 0.7, num_confident=99, min_confident=20) is False
-  assert gate.gate_open_for_epoch('dynamic', 5, 0, 0.5, 0.7, num_confident=99, min_confident=20) is False
+  assert _open('hca', 5, 10, 1.0, 0.7, num_confident=99, min_confident=20) is False
+  assert _open('hca', 5, 0, 0.5, 0.7, num_confident=99, min_confident=20) is False
 
 
 def test_label_smoothing_targets():
@@ -66,7 +70,7 @@ def test_label_smoothing_reaches_the_train_step():
     _, metrics = step(state, batch)
     return float(metrics['cls_loss'])
 
-  logits = model.apply({'params': params}, steps.prepare_images(jnp.asarray(batch['labeled_image']), 32),
+  logits = model.apply({'params': params}, common.prepare_images(jnp.asarray(batch['labeled_image']), 32),
                        method=model.classify)
   got = {smoothing: cls_loss(smoothing) for smoothing in (0.0, 0.5)}
   for smoothing, loss in got.items():  # The step's loss is the smoothed cross-entropy of its logits.

@@ -1,4 +1,4 @@
-"""Tests for ssmae_jax.masking: MAE's patch layout and per-sample random masking (DESIGN.md §1)."""
+"""Tests for ssmae_jax.masking: MAE's patch layout and per-sample random masking (docs/method.md)."""
 
 import jax
 import jax.numpy as jnp

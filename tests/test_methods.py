@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_cifar10, small_config
-from ssmae_jax import experiment, input_pipeline, masking, train
+from ssmae_jax import experiment, input_pipeline, masking, registry, train
 from ssmae_jax.errors import UserError
 
 pytestmark = needs_cifar10
@@ -21,7 +21,7 @@ class Recorder:
 
   def __init__(self, monkeypatch):
     self.kwargs, self.keys, self.masks = [], set(), []
-    make, random_masking = input_pipeline.train_iterator, masking.random_masking
+    make = input_pipeline.train_iterator
 
     def train_iterator(*args, **kwargs):
       self.kwargs.append(kwargs)
@@ -30,12 +30,12 @@ class Recorder:
         yield batch
 
     def recording_masking(rng, batch, num_patches, ratio):
-      out = random_masking(rng, batch, num_patches, ratio)
+      out = masking.random_masking(rng, batch, num_patches, ratio)
       self.masks.append((out[0].shape[1], out[1].shape[1]))  # Traced inside the jitted step: shapes only.
       return out
 
     monkeypatch.setattr(input_pipeline, 'train_iterator', train_iterator)
-    monkeypatch.setattr(masking, 'random_masking', recording_masking)
+    monkeypatch.setitem(registry.maskings._entries, 'random', recording_masking)
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def pretrained(tmp_path_factory, small_cifar10):
   with pytest.MonkeyPatch.context() as monkeypatch:
     seen = Recorder(monkeypatch)
     pretrain = experiment.build(small_config(small_cifar10, method='mae_pretrain'), workdir)
-    train.train_and_evaluate(pretrain.config, workdir, experiment=pretrain)
+    pretrain.state, _ = train.train_and_evaluate(pretrain.config, workdir, experiment=pretrain)
   return pretrain, workdir, seen
 
 
@@ -112,7 +112,8 @@ class TestPretrainThenFinetune:
     stage, separate = results_of(workdir / 'pretrain'), results_of(pretrain_dir)
     assert stage['method'] == 'mae_pretrain' and stage['steps'] == pretrain.total_steps
     assert [r['train_rec_loss'] for r in stage['history']] == [r['train_rec_loss'] for r in separate['history']]
-    assert results['pretraining'] == dict(steps=pretrain.total_steps, wall_seconds=stage['wall_seconds'])
+    assert results['pretraining'] == dict(steps=pretrain.total_steps, wall_seconds=stage['wall_seconds'],
+                                          flops=stage['flops'])
     assert results['steps'] == 2 and results['config']['init_from'] is None
     # ...and the run started from its encoder and decoder, bit for bit.
     start = experiment.build(config, str(workdir)).state.params
@@ -143,22 +144,22 @@ def test_finetune_errors(tmp_path, config_for):
 
 
 def test_gate_never_assigns_no_pseudo_label(tmp_path, config_for):
-  results = train.train_and_evaluate(config_for('ssmae', gate='never', num_steps=2), str(tmp_path))
+  _, results = train.train_and_evaluate(config_for('ssmae', gate_rule='never', num_steps=2), str(tmp_path))
   assert results['pseudo_labels_total'] == 0 and results['gate_opened_at_epoch'] is None
 
 
 def test_gate_always_open_assigns_from_step_zero(tmp_path, config_for):
   # A warm-up and the strictest HCA threshold keep a dynamic gate closed; always_open ignores both.
-  config = config_for('ssmae', gate='always_open', warmup_epochs=100, gate_threshold=1.0, num_steps=2)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  config = config_for('ssmae', gate_rule='always_open', warmup_epochs=100, gate_threshold=1.0, num_steps=2)
+  _, results = train.train_and_evaluate(config, str(tmp_path))
   assert results['gate_opened_at_epoch'] == 0
   assert results['pseudo_labels_total'] > 0
-  dynamic = config_for('ssmae', gate='dynamic', warmup_epochs=100, gate_threshold=1.0, num_steps=2)
-  assert train.train_and_evaluate(dynamic, str(tmp_path / 'dyn'))['pseudo_labels_total'] == 0
+  dynamic = config_for('ssmae', gate_rule='hca', warmup_epochs=100, gate_threshold=1.0, num_steps=2)
+  assert train.train_and_evaluate(dynamic, str(tmp_path / 'dyn'))[1]['pseudo_labels_total'] == 0
 
 
 def test_tau_of_one_assigns_nothing_even_with_the_gate_open(tmp_path, config_for):
-  results = train.train_and_evaluate(config_for('ssmae', gate='always_open', tau=1.0, num_steps=2), str(tmp_path))
+  _, results = train.train_and_evaluate(config_for('ssmae', gate_rule='always_open', tau=1.0, num_steps=2), str(tmp_path))
   assert results['gate_opened_at_epoch'] == 0 and results['pseudo_labels_total'] == 0
 
 
@@ -169,7 +170,7 @@ def _remembering_run(tmp_path, config_for, sticky):
   run = experiment.build(config, workdir)
   hidden = run.splits.train_labels[run.splits.unlabeled_idx].astype(np.int32)
   run.state = run.state.replace(pseudo_labels=jax.device_put(hidden, run.state.pseudo_labels.sharding))
-  return train.train_and_evaluate(config, workdir, experiment=run)
+  return train.train_and_evaluate(config, workdir, experiment=run)[1]
 
 
 def test_sticky_memory_trains_on_remembered_labels_while_the_gate_is_closed(tmp_path, config_for):
@@ -194,10 +195,10 @@ def open_run(tmp_path_factory, small_cifar10):
   def run(**switches):
     key = tuple(sorted(switches.items()))
     if key not in runs:
-      config = small_config(small_cifar10, method='ssmae', gate='always_open', tau=0.0, num_steps=2, **switches)
+      config = small_config(small_cifar10, method='ssmae', gate_rule='always_open', tau=0.0, num_steps=2, **switches)
       with pytest.MonkeyPatch.context() as monkeypatch:
         seen = Recorder(monkeypatch)
-        results = train.train_and_evaluate(config, str(tmp_path_factory.mktemp('open')))
+        _, results = train.train_and_evaluate(config, str(tmp_path_factory.mktemp('open')))
       runs[key] = results, seen.masks
     return runs[key]
 

@@ -60,7 +60,7 @@ def _leaves_with_path(tree):
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-# --- parameter counts (DESIGN.md §1) ---------------------------------------------------------------------------------
+# --- parameter counts (docs/method.md) ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('kwargs, image_size, total, encoder, decoder, head', [

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from ssmae_jax.configs.default import get_config
-from ssmae_jax import masking, models, sharding, steps, train_state
+from ssmae_jax import masking, models, sharding, train_state
+from ssmae_jax.methods import ssmae
 
 pytestmark = pytest.mark.slow  # Two compiles of the SSMAE step.
 
@@ -54,12 +55,12 @@ def train(dtype: str, params: dict) -> dict:
   state = train_state.create(jax.tree.map(jnp.copy, params), tx, POOL).replace(gate_open=jnp.asarray(True))
   state = jax.device_put(state, sharding.replicated(mesh))
   device_batches = [jax.device_put(b, sharding.data_sharded(mesh)) for b in batches()]
-  lowered = steps.make_train_step(model, tx, config, mesh).lower(state, device_batches[0])
+  lowered = ssmae.make_step(model, tx, config, mesh).lower(state, device_batches[0])
   train_step = lowered.compile()
   metrics = []
   for batch in device_batches:
     state, m = train_step(state, batch)
-    metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
+    metrics.append({k: float(v) for k, v in jax.device_get(m).items() if np.ndim(v) == 0})
   return dict(state=jax.device_get(state), metrics=metrics, hlo=lowered.as_text())
 
 

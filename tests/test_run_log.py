@@ -5,7 +5,7 @@ import json
 from ssmae_jax.run_log import RunLog
 
 KEYS = {'history', 'best_val_accuracy', 'best_epoch', 'gate_opened_at_epoch', 'last_epoch_evaluated', 'wall_seconds',
-        'pseudo_labels_total', 'epoch_sums', 'skipped_steps'}
+        'pseudo_labels_total', 'epoch_sums', 'skipped_steps', 'kind_steps'}
 
 
 def _record(epoch, step, val_accuracy, total=0):
@@ -58,3 +58,20 @@ def test_best_epoch_and_gate():
   log.note_gate(2, True)
   log.note_gate(3, True)
   assert log.gate_opened_at_epoch == 2
+
+
+def test_every_metric_a_step_returns_gets_an_epoch_mean_arrays_included():
+  log = RunLog()
+  log.add_window({'loss': 2.0, 'consistency_loss': 1.0, 'step_kind': [2.0, 0.0, 0.0]}, trained=2, skipped=0)
+  log.add_window({'loss': 4.0, 'consistency_loss': 3.0, 'step_kind': [0.0, 1.0, 1.0]}, trained=2, skipped=0)
+  means = RunLog.from_json(json.loads(json.dumps(log.to_json()))).take_epoch_means()  # Across a checkpoint, too.
+  assert means['train_loss'] == 1.5 and means['train_consistency_loss'] == 1.0
+  assert means['train_step_kind'] == [0.5, 0.25, 0.25]
+  assert means['train_labeled_accuracy'] is None  # The built-in keys are always there; None without a value.
+
+
+def test_kind_steps_add_up_across_windows():
+  log = RunLog()
+  log.add_kind_steps({'labeled_only': 3.0})
+  log.add_kind_steps({'labeled_only': 1.0, 'gate_open': 2.0})
+  assert RunLog.from_json(log.to_json()).kind_steps == {'labeled_only': 4.0, 'gate_open': 2.0}

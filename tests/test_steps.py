@@ -1,4 +1,4 @@
-"""Tests for ssmae_jax.steps: the fast train step against a plain reference of DESIGN.md §1, on a tiny ViT.
+"""Tests for ssmae_jax.methods.ssmae: the fast train step against a plain reference of docs/method.md, on a tiny ViT.
 
 The reference below computes every pass (labeled, weak, strong, reconstruction), applies the selection rule with
 masks and writes the sticky memory in a numpy loop: no lax.switch, no skipped work. With SGD at learning rate 1
@@ -18,13 +18,21 @@ import pytest
 from jax.sharding import Mesh
 
 from ssmae_jax.configs.default import get_config
-from ssmae_jax import masking, models, sharding, steps, train_state
+from ssmae_jax import masking, models, sharding, train_state
+from ssmae_jax.methods import common, ssmae
 
 L, U, POOL, SIZE, CLASSES = 4, 8, 32, 16, 10
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 METRIC_KEYS = {'loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', 'unlabeled_used', 'pseudo_labels_new',
-               'full_cls_pass', 'grad_norm', 'nonfinite'}
+               'full_cls_pass', 'grad_norm', 'nonfinite', 'step_kind'}
+# cls_pass.kinds's order; a config without unlabeled_cls_rows has the first three.
+KINDS = ('labeled_only', 'with_memory', 'gate_open', 'with_memory_rows', 'gate_open_rows')
+
+
+def expected_kind(case: str, full_cls_pass: float) -> str:
+  base = {'closed_empty_memory': 'labeled_only', 'closed_with_memory': 'with_memory'}.get(case, 'gate_open')
+  return base if base == 'labeled_only' or full_cls_pass else base + '_rows'
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -77,7 +85,7 @@ def one_device_mesh() -> Mesh:
 
 
 class Reference:
-  """DESIGN.md §1, one step, written out plainly."""
+  """docs/method.md, one step, written out plainly."""
 
   def __init__(self, model, config):
     self.model, self.config = model, config
@@ -191,13 +199,13 @@ class Setup:
     self.tx = optax.sgd(1.0)
     self.mesh = mesh or one_device_mesh()
     self.counting_model = CountingModel(self.model)
-    self.train_step = steps.make_train_step(self.counting_model, self.tx, self.config, self.mesh)
+    self.train_step = ssmae.make_step(self.counting_model, self.tx, self.config, self.mesh)
     # config.pseudo_label_view='strong' (not in the paper): the same selection, L_cls on the strong view.
     self.strong_config = tiny_config(tau=self.config.tau, pseudo_label_view='strong')
     self.strong_reference = Reference(self.model, self.strong_config)
-    self.strong_train_step = steps.make_train_step(self.model, self.tx, self.strong_config, self.mesh)
+    self.strong_train_step = ssmae.make_step(self.model, self.tx, self.strong_config, self.mesh)
     # config.unlabeled_cls_rows (speed): L_cls's pass over at most U - 1 gathered unlabeled rows.
-    self.narrow_train_step = steps.make_train_step(
+    self.narrow_train_step = ssmae.make_step(
         self.model, self.tx, tiny_config(tau=self.config.tau, unlabeled_cls_rows=U - 1), self.mesh)
     # config.teacher_ema (not in the paper): another network (here: another initialisation) picks the pseudo-labels,
     # with a threshold in the gaps of its own confidences; the gathered pass with U - 1 rows.
@@ -205,7 +213,7 @@ class Setup:
     self.teacher_config = tiny_config(tau=choose_tau(Reference(self.model, base), self.teacher, self.batch,
                                                      self.remembered_slots), teacher_ema=0.9)
     self.teacher_reference = Reference(self.model, self.teacher_config)
-    self.teacher_train_steps = {k: steps.make_train_step(self.model, self.tx, tiny_config(
+    self.teacher_train_steps = {k: ssmae.make_step(self.model, self.tx, tiny_config(
         tau=self.teacher_config.tau, teacher_ema=0.9, unlabeled_cls_rows=k), self.mesh) for k in (0, U - 1)}
 
   def device_batch(self, batch=None):
@@ -264,6 +272,9 @@ def _check_step_against_reference(s: Setup, train_step, reference, case: str, te
   else:  # The teacher moved towards the updated parameters.
     _assert_trees_close(new_state.teacher, want_teacher[0], rtol=1e-5, atol=1e-6)
   assert set(metrics) == METRIC_KEYS
+  # The kind of work the step did, as the FLOP count reads it.
+  kind = expected_kind(case, metrics['full_cls_pass'])
+  np.testing.assert_array_equal(metrics['step_kind'], np.eye(len(metrics['step_kind']))[KINDS.index(kind)])
   for key, value in want.items():
     np.testing.assert_allclose(metrics[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
   remembered = len(s.remembered_slots)
@@ -298,7 +309,7 @@ def test_step_matches_reference(setup, case, view):
 def narrow_steps(setup):
   """The step with config.unlabeled_cls_rows 2 (below the 3 remembered examples) and U - 1."""
   s = setup
-  return {2: steps.make_train_step(s.model, s.tx, tiny_config(tau=s.config.tau, unlabeled_cls_rows=2), s.mesh),
+  return {2: ssmae.make_step(s.model, s.tx, tiny_config(tau=s.config.tau, unlabeled_cls_rows=2), s.mesh),
           U - 1: s.narrow_train_step}
 
 
@@ -316,6 +327,46 @@ def test_a_narrower_cls_pass_gives_the_reference_step(setup, narrow_steps, case,
   if case != 'closed_empty_memory':
     assert 3 <= candidates.sum() <= U - 1  # Each rows value meets one path.
   assert metrics['full_cls_pass'] == (case != 'closed_empty_memory' and candidates.sum() > rows)
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_the_paper_objective_is_what_the_fast_step_computes(setup, case):
+  """ssmae.objective (the paper's loss, written plainly in the library) and the train step: same loss, gradient
+  and selection."""
+  s = setup
+  memory = np.full(POOL, -1, np.int32) if case == 'closed_empty_memory' else s.memory
+  gate_open = case == 'open_some_accepted'
+  batch = jax.tree.map(jnp.asarray, s.batch)
+  views = ssmae.views(batch, s.model.image_size)
+  rec_images = jnp.concatenate([views['labeled_image'], common.prepare_images(batch['unlabeled_mae'], SIZE)])
+  rng = jax.random.fold_in(jax.random.key(s.config.seed), 0)
+  (loss, (targets, used, new)), grads = jax.value_and_grad(ssmae.objective, argnums=2, has_aux=True)(
+      s.model, s.config, s.params, views, rec_images, jnp.asarray(memory)[batch['unlabeled_index']],
+      jnp.asarray(gate_open), rng)
+  state = make_state(s.params, s.tx, s.mesh, memory, gate_open)
+  new_state, metrics = s.train_step(state, s.device_batch())
+  np.testing.assert_allclose(float(loss), float(metrics['loss']), rtol=2e-5)
+  assert int(jnp.sum(used)) == metrics['unlabeled_used'] and int(jnp.sum(new)) == metrics['pseudo_labels_new']
+  delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), s.params, new_state.params)  # SGD at lr 1.
+  scale = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads))
+  _assert_trees_close(delta, grads, rtol=1e-3, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize('rows', [2, U - 1])  # The full pass and the gathered one.
+@pytest.mark.parametrize('case', CASES)
+def test_a_kind_forced_for_its_flop_count_is_the_step_of_that_kind(setup, narrow_steps, case, rows):
+  """A run counts each step's FLOPs as the program of the kind it took (make_step(kind=...)): that program is the
+  same step, so its count is the count of what ran."""
+  s = setup
+  memory = np.full(POOL, -1, np.int32) if case == 'closed_empty_memory' else s.memory
+  gate_open = case == 'open_some_accepted'
+  config = tiny_config(tau=s.config.tau, unlabeled_cls_rows=rows)
+  _, metrics = narrow_steps[rows](make_state(s.params, s.tx, s.mesh, memory, gate_open), s.device_batch())
+  kind = expected_kind(case, metrics['full_cls_pass'])
+  forced = ssmae.make_step(s.model, s.tx, config, s.mesh, kind=kind)
+  _, forced_metrics = forced(make_state(s.params, s.tx, s.mesh, memory, gate_open), s.device_batch())
+  for key in ('loss', 'cls_loss', 'unlabeled_used', 'pseudo_labels_new', 'grad_norm', 'step_kind'):
+    np.testing.assert_allclose(forced_metrics[key], metrics[key], rtol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize('rows', [0, U - 1])
@@ -379,7 +430,7 @@ def test_hidden_labels_cannot_reach_the_step(setup):
   """Even when the batch carries the hidden labels of the unlabeled examples, the step never reads them."""
   s = setup
   batch = dict(s.batch, unlabeled_label=np.arange(U, dtype=np.int32) % CLASSES)
-  train_step = steps.make_train_step(s.model, s.tx, s.config, s.mesh)
+  train_step = ssmae.make_step(s.model, s.tx, s.config, s.mesh)
   state = make_state(s.params, s.tx, s.mesh, s.memory, True)
   assert _used_batch_keys(train_step, state, s.device_batch(batch)) == {
       'labeled_image', 'labeled_label', 'unlabeled_weak', 'unlabeled_strong', 'unlabeled_mae', 'unlabeled_index'}

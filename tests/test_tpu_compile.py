@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import ROOT
+from conftest import ROOT, needs_cifar10
 from ssmae_jax import models, tpu_compile
 from ssmae_jax.configs import smoke
 from ssmae_jax.errors import UserError
@@ -136,6 +136,7 @@ def test_compile_mode_without_a_topology_is_one_error_line():
 
 
 @pytest.mark.slow  # Compiles smoke.py's train and eval steps for a TPU: ~30-50 s here.
+@needs_cifar10  # Its sizes, from the TFDS metadata.
 def test_smoke_compiles_for_v5e_with_every_check_passing(libtpu):
   proc = _main('--config=configs/smoke.py', '--topology=v5e-4')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -149,6 +150,7 @@ def test_smoke_compiles_for_v5e_with_every_check_passing(libtpu):
 
 
 @pytest.mark.slow  # ~30-50 s.
+@needs_cifar10
 def test_smoke_compiles_for_a_v4_megacore_slice_as_json(libtpu):
   proc = _main('--config=configs/smoke.py', '--topology=v4-8', '--json')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -161,6 +163,7 @@ def test_smoke_compiles_for_a_v4_megacore_slice_as_json(libtpu):
 
 
 @pytest.mark.slow  # Compiles one train step: ~30 s.
+@needs_cifar10
 def test_a_config_that_fails_the_checks_says_so_before_a_tpu_is_rented(libtpu, monkeypatch):
   config = smoke.get_config()
   config.model.update(width=8192, num_heads=4)  # 1.6 B parameters: with AdamW's moments over 16 GiB per chip.

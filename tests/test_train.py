@@ -40,7 +40,7 @@ def smoke_run(tmp_path_factory, decode_cifar10_once):
   config = tiny_config(num_steps=20)
   config.val_fraction = 0.2
   config.labeled_batch_size = 16  # 400 labeled -> 25 steps per epoch: 20 steps end inside epoch 0.
-  results = train.train_and_evaluate(config, workdir)
+  _, results = train.train_and_evaluate(config, workdir)
   return config, workdir, results
 
 
@@ -89,7 +89,7 @@ class TestSmokeRun:
     config, workdir, _ = smoke_run
     figures = os.path.join(workdir, 'figures')
     for name in ('reconstruction_epoch_000.png', 'reconstruction_epoch_001.png', 'accuracy.png', 'pseudo_labels.png',
-                 'pseudo_label_classes.png', 'hca.png', 'losses.png'):
+                 'pseudo_label_classes.png', 'hca.png', 'losses.png', 'diagnostics.png'):
       image = matplotlib.image.imread(os.path.join(figures, name))
       assert image.std() > 0.02, name
     tags, images = set(), 0
@@ -108,7 +108,7 @@ class TestSmokeRun:
 
     path = inference.reconstruct(config, workdir)
     assert path.endswith('reconstruction_step_20.png') and os.path.exists(path)
-    assert len(inference.plots(workdir)) == 5
+    assert len(inference.plots(workdir)) == 6
 
 
 @needs_cifar10
@@ -117,12 +117,12 @@ def test_resume_matches_uninterrupted(tmp_path, small_cifar10):
   # the resumed run starts from, before the first periodic one (step 8). With a teacher (config.teacher_ema), the
   # one part of the state the paper's runs lack (test_reliability resumes those from kill -9 and SIGTERM).
   config = small_config(small_cifar10, num_steps=16, teacher_ema=0.9)
-  full_results = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  _, full_results = train.train_and_evaluate(config, str(tmp_path / 'full'))
 
-  assert train.train_and_evaluate(config, str(tmp_path / 'split'), preemption=train.StopAtStep(6)) is None
+  assert train.train_and_evaluate(config, str(tmp_path / 'split'), preemption=train.StopAtStep(6))[1] is None
   resumed = experiment.build(config, str(tmp_path / 'split'))
   assert int(resumed.checkpoints.latest.latest_step()) == 6
-  resumed_results = train.train_and_evaluate(config, str(tmp_path / 'split'), experiment=resumed)
+  _, resumed_results = train.train_and_evaluate(config, str(tmp_path / 'split'), experiment=resumed)
 
   def final_state(name):
     checkpoints = checkpointing.Checkpoints(str(tmp_path / name), 3)
@@ -163,7 +163,7 @@ def test_workdir_of_another_config_is_refused(tmp_path, small_cifar10):
     (dict(image_size=30), 'divisible'),
     (dict(mask_ratio=0.999), 'visible patch'),
     (dict(mask_ratio=0.0), 'nothing to reconstruct'),
-    (dict(gate='sometimes'), 'config.gate'),
+    (dict(gate_rule='sometimes'), 'config.gate_rule'),
     (dict(method='magic'), 'config.method'),
 ])
 def test_bad_config_is_a_clear_error_before_loading(tmp_path, overrides, message):
@@ -203,7 +203,7 @@ def test_main_runs_each_mode_and_maps_errors_to_exit_codes(tmp_path, monkeypatch
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')  # Else importing main.py re-executes this process.
   import main
   calls = []
-  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir: calls.append(('train', workdir)))
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir: (None, calls.append(('train', workdir))))
   monkeypatch.setattr(inference, 'evaluate', lambda config, workdir, which: calls.append(('eval', workdir, which)))
   monkeypatch.setattr(inference, 'reconstruct', lambda config, workdir: calls.append(('reconstruct', workdir)))
   monkeypatch.setattr(inference, 'predict_pool', lambda config, workdir: calls.append(('predict', workdir)))

@@ -12,7 +12,7 @@ import pytest
 
 from ssmae_jax import masking, models, visualize
 from ssmae_jax.errors import UserError
-from ssmae_jax.steps import normalize
+from ssmae_jax.methods.common import normalize
 
 SIZE, PATCH = 16, 4
 N = (SIZE // PATCH) ** 2

@@ -2,7 +2,7 @@
 
   TFDS_DATA_DIR=../shared/tfds python main.py --config=configs/cifar10.py --workdir=/tmp/ssmae_c10
 
-The paper's recipe (DESIGN.md §1: L=16, U=32, AdamW 1e-4, wd 0.05, tau 0.95, gate 0.70 after 10 epochs, 400 epochs
+The paper's recipe (docs/method.md: L=16, U=32, AdamW 1e-4, wd 0.05, tau 0.95, gate 0.70 after 10 epochs, 400 epochs
 of 281 steps = 112,400 steps) on a model that sees CIFAR at its native resolution: 64 patches of 4x4 instead of
 upsampling to 224 px for ViT-B/16, ~20x fewer FLOPs per image than cifar10_paper.py.
 Cost: ~1.3 s/step on 2 CPU cores (not practical there: see cifar10_cpu.py). 157 GFLOP per gate-open step (XLA's

@@ -1,4 +1,4 @@
-"""The paper's configuration (DESIGN.md §1), for a faithful reproduction of its CIFAR-10 10% number (56.80%).
+"""The paper's configuration (docs/method.md), for a faithful reproduction of its CIFAR-10 10% number (56.80%).
 
   python main.py --config=configs/cifar10_paper.py --workdir=/tmp/ssmae_c10_paper
 

@@ -1,4 +1,4 @@
-"""Defaults shared by every config: the SSMAE method exactly as in DESIGN.md §1.
+"""Defaults shared by every config: the SSMAE method exactly as in docs/method.md.
 
 Dataset configs import `get_config()` from here and change only what differs. Each field is declared here once, with
 its default and the values it accepts (ssmae_jax/configuration.py checks every run's config against them): a new field
@@ -7,19 +7,27 @@ needs a declaration too, or every run stops naming it.
 
 import ml_collections
 
-from ssmae_jax import gate
-from ssmae_jax.configuration import (DTYPES, METHODS, NAN_POLICIES, SCHEDULES, Bool, Float, Int, OneOf, Text, Tuple,
-                                     declared)
+from ssmae_jax import registry
+from ssmae_jax.fields import Bool, Float, Int, OneOf, Text, Tuple, Weights, declared
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = OneOf('ssmae', METHODS)
+  c.method = OneOf('ssmae', registry.methods)  # A registered method (@registry.method).
   # Workdir of a finished run whose encoder and decoder initialise this one (finetune; optional elsewhere).
   c.init_from = Text(None)
   c.seed = Int(0, min=0, max=2**32 - 1)  # JAX's PRNG keys hold 32 bits: a larger seed would alias a smaller one.
 
-  # Data.
+  _data(c)
+  _model(c)
+  _ssmae(c)
+  _optimisation(c)
+  _run(c)
+  return declared(c)
+
+
+def _data(c: ml_collections.ConfigDict) -> None:
+  """The data: dataset, splits, batch sizes, augmentations."""
   c.dataset = Text('cifar10', nonempty=True)  # A TFDS name, or 'folder': the image folders below (configs/folder.py).
   c.data_dir = Text(None)  # None: $TFDS_DATA_DIR or TFDS's default.
   c.labeled_dir = Text(None)  # 'folder': one sub-folder of images per class.
@@ -62,7 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
       crop_ratio=Tuple((3 / 4, 4 / 3), low=Float(above=0), high=Float(above=0), ordered=True),
   ))
 
-  # Model: ViT encoder, MAE decoder, linear head.
+
+
+def _model(c: ml_collections.ConfigDict) -> None:
+  """The model: ViT encoder, MAE decoder, linear head; the masking."""
   c.model = ml_collections.ConfigDict(dict(
       patch_size=Int(4, min=1),
       width=Int(192, min=1),
@@ -74,19 +85,25 @@ def get_config() -> ml_collections.ConfigDict:
       decoder_num_heads=Int(4, min=1),
       # Compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'. Parameters and
       # optimizer state are float32 whatever the compute dtype.
-      dtype=OneOf('auto', DTYPES),
+      dtype=OneOf('auto', ('auto', 'float32', 'bfloat16')),
   ))
   c.mask_ratio = Float(0.75, min=0, below=1)
+  c.masking = OneOf('random', registry.maskings)  # Which patches are removed (@registry.masking): MAE's uniform draw.
   c.norm_pix_loss = Bool(False)
 
-  # SSMAE.
+
+
+def _ssmae(c: ml_collections.ConfigDict) -> None:
+  """SSMAE: the loss, the selection rule, the gate; the levers beyond the paper."""
   c.cls_weight = Float(1.0, min=0)  # lambda in L = L_rec + lambda * L_cls.
   c.rec_weight = Float(1.0, min=0)  # 0 removes the reconstruction term (ablation).
   # Confidence threshold on both views: max p > tau, so 1 lets nothing pass (an ablation, as gate='never').
   c.tau = Float(0.95, min=0, max=1)
   c.require_agreement = Bool(True)  # argmax p_w == argmax p_s.
   c.sticky = Bool(True)  # Once given, a pseudo-label is kept forever.
-  c.gate = OneOf('dynamic', gate.GATE_MODES)
+  # Whether the gate is open for an epoch, from its validation pass (@registry.gate_rule): 'hca' is the paper's (closed
+  # for warmup_epochs, then open iff HCA >= gate_threshold); 'always_open' and 'never' are ablations.
+  c.gate_rule = OneOf('hca', registry.gate_rules)
   c.gate_threshold = Float(0.70, min=0, max=1)  # HCA needed to open the gate.
   c.gate_confidence = Float(0.95, min=0, below=1)  # Max-probability above which a validation example counts for HCA.
   c.warmup_epochs = Int(10, min=0)  # Epochs before the gate may open; 0: from the first.
@@ -98,7 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Not in the paper: the unlabeled view that L_cls trains on. 'weak' (the paper: a confident prediction trains the
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.
-  c.pseudo_label_view = OneOf('weak', gate.PSEUDO_LABEL_VIEWS)
+  c.pseudo_label_view = OneOf('weak', ('weak', 'strong'))
   # Not in the paper: a teacher picks the pseudo-labels, an exponential moving average of the trained parameters with
   # this decay per step (Mean Teacher; FixMatch evaluates such an average). The same rule on the teacher's softmax of
   # both views, the targets then train the student; the student is what is evaluated, gated and saved as best.
@@ -109,11 +126,17 @@ def get_config() -> ml_collections.ConfigDict:
   # the forward pass only: no other can be selected); a step with more candidates takes the full pass over all U.
   # The same loss, gradient and selection either way. 0: always the full pass.
   c.unlabeled_cls_rows = Int(0, min=0)
+  # Not in the paper: extra terms added to SSMAE's objective (@registry.loss_term), name -> weight; 0 leaves a term out.
+  # In a config file: c.loss_terms = {'consistency': 1.0}; on the command line: --config.loss_terms.consistency=1.0.
+  c.loss_terms = Weights(registry.loss_terms)
   # Not in the paper: first this many steps of MAE pre-training (method mae_pretrain, same data and schedule) in
   # WORKDIR/pretrain, then the run starts from its encoder and decoder, as from config.init_from. 0: none.
   c.pretrain_steps = Int(0, min=0)
 
-  # Optimisation.
+
+
+def _optimisation(c: ml_collections.ConfigDict) -> None:
+  """Optimisation: length, AdamW, schedule, non-finite steps."""
   # An epoch is num_labeled_train // labeled_batch_size steps. 0: num_steps alone sets the length.
   c.num_epochs = Int(400, min=0)
   c.num_steps = Int(None, min=1)  # If set, overrides num_epochs.
@@ -122,15 +145,18 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=Float(0.05, min=0),
       b1=Float(0.9, min=0, below=1),
       b2=Float(0.999, min=0, below=1),
-      schedule=OneOf('constant', SCHEDULES),
+      schedule=OneOf('constant', ('constant', 'cosine')),
       warmup_steps=Int(0, min=0),  # Linear warmup from 0; 0: none.
       grad_clip_norm=Float(0.0, min=0),  # 0 disables clipping.
   ))
   # A non-finite loss or gradient: 'stop' (error naming the step; the last good checkpoint is kept) | 'skip' (that
   # step leaves params, optimizer and memory unchanged; skips are counted and logged).
-  c.nan_policy = OneOf('stop', NAN_POLICIES)
+  c.nan_policy = OneOf('stop', ('stop', 'skip'))
 
-  # Evaluation, logging, checkpoints.
+
+
+def _run(c: ml_collections.ConfigDict) -> None:
+  """Evaluation, logging, checkpoints, the machine."""
   c.test_every_epochs = Int(1, min=0)  # Test accuracy is for the logs only; 0 = only at the end.
   c.log_every_steps = Int(50, min=1)
   c.checkpoint_every_steps = Int(1000, min=1)
@@ -146,4 +172,3 @@ def get_config() -> ml_collections.ConfigDict:
   c.profile_steps = Tuple((0, 0), first_step=Int(min=0), count=Int(min=0))
   # A config file suited to a CPU, named at start-up when this config runs on one (None: this one suits a CPU).
   c.cpu_config = Text(None)
-  return declared(c)
