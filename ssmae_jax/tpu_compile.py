@@ -337,6 +337,7 @@ def summarize(report: dict) -> dict:
 
 def checks(report: dict) -> list[dict]:
   """What would fail on the slice: each {'check', 'ok', 'line'}."""
+  compiled = report['programs']
   out = [dict(check='fits', ok=report['fits'], line=_fits_line(report))]
   out += [dict(check='batch', ok=False, line=line) for line in report['batch_errors']] or [
       dict(check='batch', ok=True, line=f'batches: every global batch splits over the {report["devices"]} devices')]

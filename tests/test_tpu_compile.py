@@ -90,7 +90,7 @@ def _tiny_report(fn, shape, dtype, mesh) -> dict:
   out = tpu_compile.compile_program(program)
   out.update(peak_bytes_per_chip=out['peak_bytes'], flops_per_step=out['flops'], roofline_step_ms=0.0)
   report = dict(programs={'train': out}, devices=4, hbm_bytes_per_chip=16 * tpu_compile.GIB, batch_errors=[],
-                model_dtype='auto')
+                model_dtype='auto', out_of_memory={})
   return {c['check']: c for c in tpu_compile.summarize(report)['checks']}
 
 
@@ -162,19 +162,30 @@ def test_smoke_compiles_for_a_v4_megacore_slice_as_json(libtpu):
   assert set(report['programs']) == {'train', 'eval'} and all(c['ok'] for c in report['checks'])
 
 
-@pytest.mark.slow  # Compiles one train step: ~30 s.
+@pytest.mark.slow  # XLA refuses the train step after ~15 s.
 @needs_cifar10
-def test_a_config_that_fails_the_checks_says_so_before_a_tpu_is_rented(libtpu, monkeypatch):
+def test_a_config_that_does_not_fit_or_split_says_so_before_a_tpu_is_rented(libtpu):
   config = smoke.get_config()
   config.model.update(width=8192, num_heads=4)  # 1.6 B parameters: with AdamW's moments over 16 GiB per chip.
   config.eval_batch_size = 500  # Not a multiple of a v5e-8's 8 devices.
+  report = tpu_compile.compile_config(config, 'v5e-8')
+  checks = {c['check']: c for c in report['checks']}
+  assert report['programs'] == {} and set(report['out_of_memory']) == {'train'}  # eval: its batch does not split.
+  assert not report['fits'] and report['peak_bytes_per_chip'] is None
+  assert checks['fits']['line'].startswith('does not fit (') and 'train: RESOURCE_EXHAUSTED' in checks['fits']['line']
+  assert not checks['batch']['ok'] and 'set it to 504 or a slice of 4 devices (v5e-4)' in checks['batch']['line']
+
+
+@pytest.mark.slow  # Compiles one train step: ~30 s.
+@needs_cifar10
+def test_a_float32_program_under_auto_dtype_fails_its_check(libtpu, monkeypatch):
+  config = smoke.get_config()
+  config.eval_batch_size = 500  # The eval step is left out (its batch does not split over 8): one compile.
   # What the probe found before the fix: 'auto' resolved on the host, so a TPU program computed in float32.
   from_config = models.from_config
   monkeypatch.setattr(models, 'from_config', lambda config, n, backend=None: from_config(config, n))
   report = tpu_compile.compile_config(config, 'v5e-8')
   checks = {c['check']: c for c in report['checks']}
-  assert set(report['programs']) == {'train'}  # The eval step's batch does not split: it is not compiled.
-  assert not report['fits'] and checks['fits']['line'].startswith('does not fit: peak ')
-  assert not checks['batch']['ok'] and 'set it to 504 or a slice of 4 devices (v5e-4)' in checks['batch']['line']
-  assert not checks['compute_dtype']['ok'] and report['compute_dtype'] == 'f32'
-  assert checks['f64']['ok'] and checks['host_callbacks']['ok']
+  assert set(report['programs']) == {'train'} and report['compute_dtype'] == 'f32'
+  assert not checks['compute_dtype']['ok'] and "'auto' must compute in bf16" in checks['compute_dtype']['line']
+  assert checks['fits']['ok'] and checks['f64']['ok'] and checks['host_callbacks']['ok']
