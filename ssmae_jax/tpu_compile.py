@@ -237,6 +237,9 @@ def compile_program(program: Program) -> dict:
       flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
       collectives=dict(sorted(collections.Counter(_COLLECTIVE.findall(hlo)).items())),
       compute_dtype=matmuls.most_common(1)[0][0] if matmuls else None,  # Of most matmuls.
+      # Fusion instructions, every branch of a switch counted: roughly the kernels a step launches, whose fixed
+      # overheads bound a tiny model's step rather than its FLOPs.
+      fusions=len(re.findall(r' fusion\(', hlo)),
       f64=bool(re.search(r'\b(f64|c128)\[', hlo)),
       host_callbacks=host_transfers(hlo))
 
@@ -262,7 +265,7 @@ def batch_lines(config, topology: str, n: int) -> list[str]:
   generation = topology.split('-')[0]
   fitting = [s for s in SLICES if s.startswith(generation + '-') and
              not any(config[b] % slice_size(s) for b in BATCHES)]
-  smaller = f' or a slice of {slice_size(fitting[-1])} devices ({fitting[-1]})' if fitting else ''
+  smaller = f'{fitting[-1]} ({slice_size(fitting[-1])} device{"s" * (slice_size(fitting[-1]) > 1)})' if fitting else ''
   lines = []
   for name in BATCHES:
     size = config[name]
@@ -270,15 +273,15 @@ def batch_lines(config, topology: str, n: int) -> list[str]:
       continue
     if name == 'eval_batch_size':  # Evaluation pads and masks its batches: another size changes no number.
       lines.append(f'config.eval_batch_size={size} does not divide by the {n} devices: set it to '
-                   f'{math.ceil(size / n) * n}{smaller}.')
+                   f'{math.ceil(size / n) * n}{" or use " + smaller if smaller else ""}.')
       continue
     labeled, unlabeled = config.labeled_batch_size, config.unlabeled_batch_size
     k = math.lcm(n // math.gcd(labeled, n), n // math.gcd(unlabeled, n))
-    lines.append(f'config.{name}={size} does not divide by the {n} devices: L={labeled}, U={unlabeled} feed '
-                 f'{math.gcd(labeled, unlabeled)} devices at most{smaller}. To use all {n}, set labeled_batch_size='
-                 f'{k * labeled} and unlabeled_batch_size={k * unlabeled}: a {k}x larger global batch than the '
-                 "paper's L=16, U=32, a deviation from it (an epoch has fewer steps; the learning rate was tuned "
-                 'for the paper\'s batch).')
+    lines.append(f'config.{name}={size} does not divide by the {n} devices: L={labeled}, U={unlabeled} split over '
+                 f'{math.gcd(labeled, unlabeled)} devices at most: use {smaller or "a smaller slice"}, or to use all {n} '
+                 f'set labeled_batch_size={k * labeled} and unlabeled_batch_size={k * unlabeled}: a {k}x larger '
+                 "global batch than the paper's L=16, U=32, a deviation from it (an epoch has fewer steps; the "
+                 "learning rate was tuned for the paper's batch).")
   return lines
 
 
@@ -296,12 +299,13 @@ def compile_config(config, topology: str) -> dict:
                 devices=n, hosts=len({d.process_index for d in devices}), devices_per_chip=per_chip,
                 hbm_bytes_per_chip=chip.hbm_bytes, peak_flops_per_chip=chip.bf16_flops,
                 hbm_bandwidth_per_chip=chip.hbm_bandwidth, model_dtype=config.model.dtype, programs={},
-                out_of_memory={})
+                out_of_memory={}, not_compiled=[])
   report['batch_errors'] = batch_lines(config, topology, n) if topology in SLICES else [
       f'config.{b}={config[b]} does not divide by the {n} devices.' for b in BATCHES if config[b] % n]
   for program in programs(config, shape, mesh=Mesh(np.asarray(devices), ('data',))):
     if any(x.shape[0] % n for x in jax.tree.leaves(program.args[1])):
-      continue  # Refused by the run too (batch_errors says which batch and what would split).
+      report['not_compiled'].append(program.name)  # Refused by the run too (batch_errors says what would split).
+      continue
     try:
       out = compile_program(program)
     except jax.errors.JaxRuntimeError as e:  # XLA refuses a program that does not fit, saying how much it needs.
@@ -365,8 +369,9 @@ def _fits_line(report: dict) -> str:
     return 'nothing compiled (see the batch lines)'
   where = max(compiled, key=lambda k: compiled[k]['peak_bytes_per_chip'])
   peak = report['peak_bytes_per_chip'] / GIB
+  unknown = f'; {", ".join(report["not_compiled"])} not compiled' if report['not_compiled'] else ''
   if report['fits']:
-    return f'fits: peak {peak:.2f} GiB of {hbm:.0f} GiB HBM per chip ({where})'
+    return f'fits: peak {peak:.2f} GiB of {hbm:.0f} GiB HBM per chip ({where}){unknown}'
   return f'does not fit: peak {peak:.2f} GiB > {hbm:.0f} GiB HBM per chip ({where}): {advice}'
 
 

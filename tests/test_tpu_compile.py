@@ -64,7 +64,7 @@ def test_a_batch_that_does_not_split_names_the_batch_and_the_slice_that_would():
   config = smoke.get_config()
   config.eval_batch_size = 500
   assert tpu_compile.batch_lines(config, 'v5e-8', 8) == [
-      'config.eval_batch_size=500 does not divide by the 8 devices: set it to 504 or a slice of 4 devices (v5e-4).']
+      'config.eval_batch_size=500 does not divide by the 8 devices: set it to 504 or use v5e-4 (4 devices).']
   assert tpu_compile.batch_lines(config, 'v5e-4', 4) == []
 
 
@@ -72,7 +72,7 @@ def test_past_16_devices_the_paper_batch_says_how_to_use_the_slice():
   config = smoke.get_config()  # The paper's L=16, U=32.
   lines = tpu_compile.batch_lines(config, 'v4-64', 32)
   assert len(lines) == 1 and lines[0].startswith('config.labeled_batch_size=16 does not divide by the 32 devices')
-  assert 'a slice of 16 devices (v4-32)' in lines[0]
+  assert 'use v4-32 (16 devices), or to use all 32 set' in lines[0]
   assert 'labeled_batch_size=32 and unlabeled_batch_size=64' in lines[0] and 'deviation' in lines[0]
 
 
@@ -90,7 +90,7 @@ def _tiny_report(fn, shape, dtype, mesh) -> dict:
   out = tpu_compile.compile_program(program)
   out.update(peak_bytes_per_chip=out['peak_bytes'], flops_per_step=out['flops'], roofline_step_ms=0.0)
   report = dict(programs={'train': out}, devices=4, hbm_bytes_per_chip=16 * tpu_compile.GIB, batch_errors=[],
-                model_dtype='auto', out_of_memory={})
+                model_dtype='auto', out_of_memory={}, not_compiled=[])
   return {c['check']: c for c in tpu_compile.summarize(report)['checks']}
 
 
@@ -160,6 +160,7 @@ def test_smoke_compiles_for_a_v4_megacore_slice_as_json(libtpu):
   assert report['fits'] and 0 < report['peak_bytes_per_chip'] < report['hbm_bytes_per_chip'] == 32 * 2 ** 30
   assert report['compute_dtype'] == 'bf16' and report['flops_per_step'] > 0 and report['roofline_step_ms'] > 0
   assert set(report['programs']) == {'train', 'eval'} and all(c['ok'] for c in report['checks'])
+  assert report['programs']['train']['fusions'] > report['programs']['eval']['fusions'] > 0
 
 
 @pytest.mark.slow  # XLA refuses the train step after ~15 s.
@@ -173,7 +174,7 @@ def test_a_config_that_does_not_fit_or_split_says_so_before_a_tpu_is_rented(libt
   assert report['programs'] == {} and set(report['out_of_memory']) == {'train'}  # eval: its batch does not split.
   assert not report['fits'] and report['peak_bytes_per_chip'] is None
   assert checks['fits']['line'].startswith('does not fit (') and 'train: RESOURCE_EXHAUSTED' in checks['fits']['line']
-  assert not checks['batch']['ok'] and 'set it to 504 or a slice of 4 devices (v5e-4)' in checks['batch']['line']
+  assert not checks['batch']['ok'] and 'set it to 504 or use v5e-4 (4 devices)' in checks['batch']['line']
 
 
 @pytest.mark.slow  # Compiles one train step: ~30 s.
@@ -188,4 +189,5 @@ def test_a_float32_program_under_auto_dtype_fails_its_check(libtpu, monkeypatch)
   checks = {c['check']: c for c in report['checks']}
   assert set(report['programs']) == {'train'} and report['compute_dtype'] == 'f32'
   assert not checks['compute_dtype']['ok'] and "'auto' must compute in bf16" in checks['compute_dtype']['line']
-  assert checks['fits']['ok'] and checks['f64']['ok'] and checks['host_callbacks']['ok']
+  assert checks['fits']['ok'] and checks['fits']['line'].endswith('; eval not compiled')
+  assert checks['f64']['ok'] and checks['host_callbacks']['ok']
