@@ -36,12 +36,12 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks import train_step as step_bench  # noqa: E402
-from ssmae_jax import experiment, reporting, train  # noqa: E402
+from ssmae_jax import experiment, run_output, train  # noqa: E402
 
 IMPORTED = time.perf_counter()
 
 
-class TimedReporter(reporting.Reporter):
+class TimedReporter(run_output.Reporter):
   """The run's reporter, noting when each logging window (a host sync) ended; quiet if asked."""
 
   def __init__(self, exp, quiet: bool = False):

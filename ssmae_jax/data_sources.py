@@ -57,6 +57,15 @@ class ImageSource(abc.ABC):
     """What identifies the data for data.json (data_record): a resume on other data is refused."""
 
   @abc.abstractmethod
+  def difference(self, saved: dict, current: dict, config: Any) -> str | None:
+    """What differs between the `describe` record a run started on and the current one, in words; None if nothing."""
+
+  # What a user is told to do when the data differs from what a run started on (data_record.check).
+  changed_data_fix: ClassVar[str]
+  # What a user is told when there is no test split to evaluate on (--mode=eval).
+  no_test_fix: ClassVar[str]
+
+  @abc.abstractmethod
   def csv_rows(self, pool_idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """The pool examples pseudo_labels.csv lists, in row order: (their positions in pool_idx, their names)."""
 
@@ -93,6 +102,17 @@ class InMemoryImages(ImageSource):
     labels = np.ascontiguousarray(labels, '<i4')
     return dict(dataset=config.dataset, num_train_examples=len(labels),
                 train_labels_sha256=hashlib.sha256(labels.tobytes()).hexdigest())
+
+  changed_data_fix = 'use the data the run started with (config.data_dir), or train in a new --workdir'
+  no_test_fix = 'choose a dataset with a test split'
+
+  def difference(self, saved, current, config):
+    del config
+    if saved == current:
+      return None
+    return (f'its train split had {saved.get("num_train_examples")} examples (labels sha256 '
+            f'{str(saved.get("train_labels_sha256"))[:12]}), now {current["num_train_examples"]} '
+            f'({current["train_labels_sha256"][:12]}): another version of the dataset')
 
   def csv_rows(self, pool_idx):
     """Every pool example, in pool order, named by its train index."""
@@ -139,12 +159,40 @@ class ImageFiles(ImageSource):
                 num_labeled_files=len(labeled_files), num_unlabeled_files=len(unlabeled_files),
                 class_names=list(class_names), labeled_files=labeled_files, unlabeled_files=unlabeled_files)
 
+  changed_data_fix = ('the pool indices, and with them the pseudo-label memory, would point at other files: restore '
+                      'the folders as they were (moving them elsewhere is fine), or train in a new --workdir')
+  no_test_fix = ('config.test_dir is not set: pass --config.test_dir=/path, a folder with one sub-folder of images per '
+                 'class, as labeled_dir')
+
+  def difference(self, saved, current, config):
+    if saved.get('sha256') == current['sha256']:
+      return None
+    changes = [_folder_change(field, config[field], saved.get(key, []), current[key], config.skip_bad_images)
+               for field, key in (('labeled_dir', 'labeled_files'), ('unlabeled_dir', 'unlabeled_files'))
+               if saved.get(key, []) != current[key]]
+    return '; '.join(changes) or 'its file list differs'
+
   def csv_rows(self, pool_idx):
     """The unlabeled folder's files in the pool (what the user came to label), by path, sorted."""
     positions = np.flatnonzero(pool_idx >= self.num_labeled)
     names = [str(p) for p in self.paths[pool_idx[positions]]]
     order = sorted(range(len(names)), key=names.__getitem__)
     return positions[order], [names[k] for k in order]
+
+
+def _folder_change(field: str, folder: str, old: list[str], new: list[str], skip_bad: bool) -> str:
+  old_set, new_set = set(old), set(new)
+  added, removed = sorted(new_set - old_set), sorted(old_set - new_set)
+  if not added and not removed:
+    return f'config.{field}={folder} lists the same files in another order'
+  parts = []
+  if added:
+    parts.append(f'{len(added)} file(s) added (e.g. {added[0]})')
+  if removed:
+    gone = 'removed or now unreadable' if skip_bad else 'removed'
+    parts.append(f'{len(removed)} {gone} (e.g. {removed[0]})')
+  return (f'config.{field}={folder} has {len(new)} images, {len(old)} when the run started: '
+          + ' and '.join(parts))
 
 
 def _relative(paths, root: str) -> list[str]:

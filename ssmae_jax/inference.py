@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 
 from ssmae_jax import augment, checkpointing, configuration, data_record, evaluation, experiment, fileio
-from ssmae_jax import input_pipeline, models, predict, reporting, sharding, visualize
+from ssmae_jax import input_pipeline, models, predict, run_output, sharding, visualize
 from ssmae_jax.errors import UserError
 
 
@@ -45,18 +45,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'best
   _require_checkpoints(workdir)
   test = input_pipeline.load_test_split(config)
   if test.images is None:
-    if config.dataset == 'folder':
-      raise UserError('config.test_dir is not set, so there is nothing to test on: pass --config.test_dir=/path, a '
-                      'folder with one sub-folder of images per class, as labeled_dir.')
-    raise UserError(f'Dataset {config.dataset} has no test split to evaluate on.')
+    raise UserError(f'Dataset {config.dataset} has no test split to evaluate on: '
+                    f'{input_pipeline.data_kind(config).source.no_test_fix}.')
   model, params, step, mesh = _restore_params(config, workdir, which, test.num_classes)
   result = evaluation.evaluate_arrays(evaluation.make_eval_step(model, config, mesh), params, test.images, test.labels,
                                       config, mesh)
   out = dict(checkpoint=which, step=step, test_accuracy=result.accuracy,
              high_conf_accuracy=result.high_conf_accuracy, num_confident=result.num_confident)
   if jax.process_index() == 0:
-    print(f'{which} checkpoint (step {step}): test accuracy {reporting.pct(out["test_accuracy"])}, high-confidence '
-          f'accuracy {reporting.pct(out["high_conf_accuracy"])} over {out["num_confident"]} confident examples.',
+    print(f'{which} checkpoint (step {step}): test accuracy {run_output.pct(out["test_accuracy"])}, high-confidence '
+          f'accuracy {run_output.pct(out["high_conf_accuracy"])} over {out["num_confident"]} confident examples.',
           flush=True)
   return out
 
@@ -72,9 +70,9 @@ def reconstruct(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise UserError('Reconstruction grids show test images and this dataset has none: set config.test_dir (folder '
                     'data) or use a dataset with a test split.')
   model, params, step, _ = _restore_params(config, workdir, 'latest', test.num_classes)
-  images = np.asarray(augment.resize(test.images[:reporting.NUM_FIGURE_IMAGES], config.image_size))
+  images = np.asarray(augment.resize(test.images[:run_output.NUM_FIGURE_IMAGES], config.image_size))
   path = fileio.path(workdir) / 'figures' / f'reconstruction_step_{step}.png'
-  reporting.reconstruction_figure(model, params, images, config, path, jax.process_index() == 0)
+  run_output.reconstruction_figure(model, params, images, config, path, jax.process_index() == 0)
   if jax.process_index() == 0:
     print(f'Wrote {path}', flush=True)
   return str(path)

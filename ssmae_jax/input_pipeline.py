@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -186,10 +186,13 @@ def _folder_splits(config: Any) -> Splits:
 
 
 def load_splits(config: Any) -> Splits:
+  """config.dataset's splits: its kind of data (`data_kind`) loads them."""
+  return data_kind(config).load_splits(config)
+
+
+def _tfds_splits(config: Any) -> Splits:
   """Loads config.dataset from TFDS (downloading it only if not prepared and config.download) and carves the seeded,
   class-balanced splits."""
-  if config.dataset == 'folder':
-    return _folder_splits(config)
   builder = _builder(config)
   train_images, train_labels = _load(builder, 'train')
   num_classes = builder.info.features['label'].num_classes
@@ -218,15 +221,38 @@ class TestSplit:
 
 def load_test_split(config: Any) -> TestSplit:
   """The test split and the classes alone, without reading the train split (what evaluating a checkpoint needs)."""
-  if config.dataset == 'folder':
-    folders = folder_data.load_folders(config)
-    images = (None if folders.test_paths is None else
-              folder_data.decode_for_eval(folders.test_paths, config.image_size))
-    return TestSplit(len(folders.class_names), folders.class_names, images, folders.test_labels)
+  return data_kind(config).load_test_split(config)
+
+
+def _folder_test_split(config: Any) -> TestSplit:
+  folders = folder_data.load_folders(config)
+  images = (None if folders.test_paths is None else
+            folder_data.decode_for_eval(folders.test_paths, config.image_size))
+  return TestSplit(len(folders.class_names), folders.class_names, images, folders.test_labels)
+
+
+def _tfds_test_split(config: Any) -> TestSplit:
   builder = _builder(config)
   images, labels = _load(builder, 'test') if 'test' in builder.info.splits else (None, None)
   label = builder.info.features['label']
   return TestSplit(label.num_classes, list(label.names), images, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataKind:
+  """How one kind of config.dataset loads: its splits, its test split alone, and the source of its train images."""
+  load_splits: Callable[[Any], Splits]
+  load_test_split: Callable[[Any], TestSplit]
+  source: type  # A data_sources.ImageSource: what a user is told about this kind of data (no_test_fix, ...).
+
+
+_TFDS = DataKind(_tfds_splits, _tfds_test_split, data_sources.InMemoryImages)
+_FOLDERS = DataKind(_folder_splits, _folder_test_split, data_sources.ImageFiles)
+
+
+def data_kind(config: Any) -> DataKind:
+  """The one place that tells image folders (config.dataset='folder') from a TFDS dataset."""
+  return _FOLDERS if config.dataset == 'folder' else _TFDS
 
 
 def steps_per_epoch(splits: Splits, config: Any) -> int:

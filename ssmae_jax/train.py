@@ -1,6 +1,6 @@
 """The training loop, `train_and_evaluate`: steps, the evaluation and gate decision at each epoch start,
 logging, checkpoints and preemption, read top to bottom; `train` (main.py's) runs config.pretrain_steps's MAE stage
-before it. What a run is built from is experiment.py; what it writes is reporting.py."""
+before it. What a run is built from is experiment.py; what it writes is run_output.py."""
 
 import collections
 import contextlib
@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from ssmae_jax import checkpointing, configuration, evaluation, experiment as experiment_lib, fileio, gate
-from ssmae_jax import input_pipeline, predict, reporting, runtime, sharding
+from ssmae_jax import input_pipeline, predict, run_output, runtime, sharding
 from ssmae_jax.run_log import RunLog
 
 PREFETCH_TO_DEVICE = 2
@@ -23,7 +23,7 @@ PREFETCH_TO_DEVICE = 2
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        experiment: experiment_lib.Experiment | None = None, preemption: 'Preemption | None' = None,
-                       reporter: reporting.Reporter | None = None) -> tuple[object, dict | None]:
+                       reporter: run_output.Reporter | None = None) -> tuple[object, dict | None]:
   """Trains (or resumes) the run of `config` in `workdir` to its end -> (the last train state, results.json's
   content).
 
@@ -32,10 +32,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   changed: its `state` stays the initial one (donated to the first step: use the returned state).
   """
   exp = experiment or experiment_lib.build(config, workdir)
-  report = reporter or reporting.Reporter(exp)
+  report = reporter or run_output.Reporter(exp)
   with saves_finished_on_error(exp.checkpoints):
     state, log = restore(exp)
-    clock = reporting.Clock(log.wall_seconds)
+    clock = run_output.Clock(log.wall_seconds)
     report.start(int(state.step))
     preemption = preemption or SigtermWatch(exp.checkpoints)
     state, stopped = train_steps(exp, state, log, report, clock, preemption)
@@ -54,8 +54,8 @@ def restore(exp: experiment_lib.Experiment):
   return state, log
 
 
-def train_steps(exp: experiment_lib.Experiment, state, log: RunLog, report: reporting.Reporter,
-                clock: reporting.Clock, preemption: 'Preemption'):
+def train_steps(exp: experiment_lib.Experiment, state, log: RunLog, report: run_output.Reporter,
+                clock: run_output.Clock, preemption: 'Preemption'):
   """The steps from the state's to the run's last, with the evaluations at epoch starts, logging windows and
   checkpoints; at a preemption, a checkpoint and a stop there. -> (the state after the last step taken, whether a
   preemption stopped the run)."""
@@ -101,7 +101,7 @@ def train_steps(exp: experiment_lib.Experiment, state, log: RunLog, report: repo
   return state, False
 
 
-def finish(exp: experiment_lib.Experiment, state, log: RunLog, report: reporting.Reporter, clock: reporting.Clock,
+def finish(exp: experiment_lib.Experiment, state, log: RunLog, report: run_output.Reporter, clock: run_output.Clock,
            preemption: 'Preemption') -> tuple[object, dict]:
   """After the last step: the final evaluation, the last checkpoint, results.json and the summary -> (the state,
   the results)."""
@@ -112,7 +112,7 @@ def finish(exp: experiment_lib.Experiment, state, log: RunLog, report: reporting
     exp.checkpoints.save(state, log.to_json())
   exp.checkpoints.wait()
   preemption.close()
-  results = reporting.results(exp, log, test_at_best_validation(exp, state, log))
+  results = run_output.results(exp, log, test_at_best_validation(exp, state, log))
   report.finish(results, log)
   if exp.splits.has_files and exp.method.classifies:  # What a folder user came for: labels for their files.
     report.print('Wrote ' + predict.write_pseudo_labels(exp.workdir, exp.model, state.params, state.pseudo_labels,
@@ -157,8 +157,8 @@ def is_due(count: int, every: int, last: int | None = None) -> bool:
   return count == last or (every > 0 and count % every == 0)
 
 
-def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLog, report: reporting.Reporter,
-                   clock: reporting.Clock, final: bool = False):
+def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLog, report: run_output.Reporter,
+                   clock: run_output.Clock, final: bool = False):
   """The evaluation at the start of `epoch` (or after the last step, `final`): validation decides the gate for
   the epoch and the best checkpoint; test accuracy every config.test_every_epochs and at the end. -> the state
   with the epoch's gate."""
@@ -188,7 +188,7 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
 
 
 def log_window(exp: experiment_lib.Experiment, window: 'MetricWindow', done: int, log: RunLog,
-               report: reporting.Reporter) -> None:
+               report: run_output.Reporter) -> None:
   """Fetches the metrics of the steps since the last call (one host sync), adds them to the epoch's sums and
   reports their means; a non-finite step stops the run here under config.nan_policy='stop'."""
   if not window.steps:

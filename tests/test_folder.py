@@ -382,10 +382,11 @@ def test_data_record_rules(dirs, tmp_path):
   in_memory = data_sources.InMemoryImages(np.zeros((4, 8, 8, 3), np.uint8))
   splits = types.SimpleNamespace(source=in_memory, train_labels=np.array([0, 1, 2, 1], np.int32), class_names=CLASSES)
   saved = data_record.describe(splits, tfds_config)
-  assert data_record.difference(saved, data_record.describe(splits, tfds_config), tfds_config) is None
+  assert data_record.difference(saved, data_record.describe(splits, tfds_config), splits, tfds_config) is None
   relabeled = types.SimpleNamespace(source=in_memory, train_labels=np.array([0, 1, 1, 2], np.int32),
                                     class_names=CLASSES)
-  assert 'another version' in data_record.difference(saved, data_record.describe(relabeled, tfds_config), tfds_config)
+  assert 'another version' in data_record.difference(saved, data_record.describe(relabeled, tfds_config), relabeled,
+                                                     tfds_config)
 
 
 # Bad data: one clear error naming the file or folder.

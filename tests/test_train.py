@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ssmae_jax.configs import smoke
-from ssmae_jax import checkpointing, experiment, inference, methods, reporting, train
+from ssmae_jax import checkpointing, experiment, inference, methods, run_output, train
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,15 +247,15 @@ def test_summary_table_has_a_row_per_evaluation():
                 gate_open=True, test_accuracy=None, pseudo_labels_total=7, pseudo_labels_new=3,
                 pseudo_label_precision=0.5, train_rec_loss=0.25)
   history = [record, dict(record, epoch=1, gate_open=False), dict(record, epoch=2, gate_open=False)]
-  rows = reporting.summary_table(history, methods.get('ssmae')).splitlines()
+  rows = run_output.summary_table(history, methods.get('ssmae')).splitlines()
   assert len(rows) == 5
   assert rows[2] == '| 0 | n/a | 50.00% | 75.00% (4) | open | n/a | 7 (3) | 50.00% |'
   assert '| closed |' in rows[3]
   assert '| — |' in rows[4]  # The evaluation after the last step: its gate decides nothing.
   # Only the columns a method has: no accuracy, gate or pseudo-labels for MAE pre-training, no gate for supervised.
-  assert reporting.summary_table([record], methods.get('mae_pretrain')).splitlines()[::2] == [
+  assert run_output.summary_table([record], methods.get('mae_pretrain')).splitlines()[::2] == [
       '| epoch | train rec loss |', '| 0 | 0.2500 |']
-  assert reporting.summary_table([record], methods.get('supervised')).splitlines()[0] == (
+  assert run_output.summary_table([record], methods.get('supervised')).splitlines()[0] == (
       '| epoch | train acc | val acc | test acc |')
 
 
@@ -263,7 +263,7 @@ def test_console_lines_show_only_what_the_method_has():
   record = dict(epoch=3, train_labeled_accuracy=0.5, val_accuracy=0.5, val_hca=0.75, val_num_confident=4,
                 gate_open=True, test_accuracy=0.25, pseudo_labels_total=7, pseudo_labels_new=3,
                 pseudo_label_precision=0.5, train_rec_loss=0.25)
-  line = lambda name, final=False: reporting.epoch_line(methods.get(name), record, final)
+  line = lambda name, final=False: run_output.epoch_line(methods.get(name), record, final)
   assert line('ssmae') == ('epoch 3 | val acc 50.00% | HCA 75.00% (4 confident) | gate open | test acc 25.00% | '
                            'pseudo-labels 7 (+3, precision 50.00%)')
   # After the last step the gate decides nothing: the final line does not say it closed.
@@ -273,7 +273,7 @@ def test_console_lines_show_only_what_the_method_has():
   assert line('finetune') == 'epoch 3 | val acc 50.00% | test acc 25.00%'
   results = dict(test_accuracy=0.25, test_accuracy_at_best_val=0.5, best_val_accuracy=0.5, pseudo_labels_total=7,
                  pseudo_label_precision=0.5, gate_opened_at_epoch=2, wall_seconds=65, steps=10, history=[record])
-  done = lambda name: reporting.done_line(methods.get(name), results)
+  done = lambda name: run_output.done_line(methods.get(name), results)
   assert done('ssmae') == ('Done: test accuracy 25.00% (at best validation: 50.00%), best validation 50.00%, '
                            '7 pseudo-labels (precision 50.00%), gate opened at epoch 2; 1m05s.')
   assert done('supervised') == 'Done: test accuracy 25.00% (at best validation: 50.00%), best validation 50.00%; 1m05s.'
@@ -281,7 +281,7 @@ def test_console_lines_show_only_what_the_method_has():
 
 
 def test_the_start_line_names_only_the_data_the_method_reads():
-  line = lambda name: reporting.start_line(methods.get(name), 30, 6, 5, (450, 50, 4950), 2)
+  line = lambda name: run_output.start_line(methods.get(name), 30, 6, 5, (450, 50, 4950), 2)
   assert line('ssmae') == '30 steps (6 epochs of 5), 450 labeled, 50 validation, 4950 unlabeled, 2 devices.'
   assert line('supervised') == line('finetune') == '30 steps (6 epochs of 5), 450 labeled, 50 validation, 2 devices.'
   assert line('mae_pretrain') == '30 steps (6 epochs of 5), 4950 unlabeled (labels not read), 2 devices.'
@@ -290,7 +290,7 @@ def test_the_start_line_names_only_the_data_the_method_reads():
 def test_the_progress_line_shows_only_what_the_method_trains():
   means = dict(loss=1.5, rec_loss=1.0, cls_loss=0.5, labeled_accuracy=0.25, unlabeled_used=3.0, steps_per_sec=2.0,
                skipped_steps=0)
-  line = lambda name, **kw: reporting.window_line(methods.get(name), 10, 30, 5, dict(means, **kw))
+  line = lambda name, **kw: run_output.window_line(methods.get(name), 10, 30, 5, dict(means, **kw))
   assert line('ssmae') == ('step 10/30 | epoch 2.00 | loss 1.5000 (rec 1.0000, cls 0.5000) | train acc 25.0% | '
                            'unlabeled used/step 3.0 | 2.00 steps/s | ETA 0m10s')
   assert line('mae_pretrain') == 'step 10/30 | epoch 2.00 | loss 1.5000 | 2.00 steps/s | ETA 0m10s'
