@@ -5,6 +5,7 @@ and a run saved before a field existed resumes."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -130,23 +131,49 @@ def test_a_run_saved_before_new_fields_existed_resumes(small_cifar10, elsewhere,
     experiment.build(config, str(workdir))
 
 
-@pytest.mark.slow
-def test_main_takes_a_config_beside_its_plugins_from_any_directory(tmp_path):
-  shutil.copy(os.path.join(ROOT, 'examples', 'my_plugins.py'), tmp_path / 'my_plugins.py')
-  (tmp_path / 'my_exp.py').write_text(
+def _user_experiment(folder) -> str:
+  """A user's config file and their plugins beside it, outside the repository -> the config's path."""
+  shutil.copy(os.path.join(ROOT, 'examples', 'my_plugins.py'), folder / 'my_plugins.py')
+  (folder / 'my_exp.py').write_text(
       'import my_plugins  # noqa: F401\n'
       'from ssmae_jax import configs\n\n\n'
       'def get_config():\n'
       "  c = configs.get('smoke')\n"
       "  c.update(num_steps=4, log_every_steps=2, loss_terms={'consistency': 1.0}, masking='block')\n"
       '  return c\n')
-  run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), f'--config={tmp_path / "my_exp.py"}',
+  return str(folder / 'my_exp.py')
+
+
+@pytest.mark.slow
+def test_main_takes_a_config_beside_its_plugins_from_any_directory(tmp_path):
+  config = _user_experiment(tmp_path)
+  run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), f'--config={config}',
                         f'--workdir={tmp_path / "w"}', '--config.per_class_min_confident=3',
                         '--config.gate_rule=per_class'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'consistency_loss' in run.stdout  # A loss term's scalar reaches the console window line.
   saved = json.loads((tmp_path / 'w' / 'config.json').read_text())
   assert saved['gate_rule'] == 'per_class' and saved['per_class_min_confident'] == 3 and saved['masking'] == 'block'
+
+
+@pytest.mark.slow
+def test_every_process_of_a_multi_process_run_finds_the_plugins(tmp_path):
+  config = _user_experiment(tmp_path)
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), f'--config={config}',
+                             f'--workdir={tmp_path / "w"}', f'--coordinator_address=localhost:{port}',
+                             '--num_processes=2', f'--process_id={i}'], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  try:
+    outs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+  assert '2 devices.' in outs[0][0] and 'consistency_loss' in outs[0][0]
 
 
 @pytest.mark.slow
