@@ -48,7 +48,10 @@ class StepFlops:
       return {self.kinds[0]: float(steps)}
     return {k: float(n) for k, n in zip(self.kinds, np.asarray(sums['step_kind']).tolist()) if n}
 
-  def total(self, kind_steps: dict[str, float]) -> float:
+  def total(self, kind_steps: dict[str, float] | None) -> float | None:
+    """The FLOPs of `kind_steps` (RunLog.kind_steps); None where they are unknown."""
+    if kind_steps is None:
+      return None
     return float(sum(n * self.of(kind) for kind, n in kind_steps.items() if n))
 
 
@@ -122,7 +125,7 @@ def pretraining_flops(results: dict) -> float:
   """Training FLOPs of a run's pre-training stage (config.pretrain_steps); 0 without one."""
   if 'pretraining' not in results:
     return 0.0
-  if 'flops' in results['pretraining']:
+  if results['pretraining'].get('flops') is not None:
     return results['pretraining']['flops']
   config = dict(results['config'], method='mae_pretrain', pretrain_steps=0)
   return results['pretraining']['steps'] * _kind_flops(json.dumps(config, sort_keys=True), 'step')
@@ -147,7 +150,7 @@ def run_flops(results: dict) -> list[float]:
   the gathered one; without that record, all count as full. Evaluations are not counted.
   """
   history = results['history']
-  if 'flops' in results and all('flops' in r for r in history):
+  if results.get('flops') is not None and all(r.get('flops') is not None for r in history):
     before = before_flops(results)
     return [before + r['flops'] for r in history] + [before + results['flops']]
   config = results['config']

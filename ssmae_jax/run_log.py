@@ -34,8 +34,9 @@ class RunLog:
   # Sums of the per-step metrics over the current epoch's trained steps, and their count as 'steps'.
   epoch_sums: dict[str, float] = dataclasses.field(default_factory=dict)
   skipped_steps: int = 0  # Non-finite steps skipped (config.nan_policy='skip').
-  # Steps taken of each kind of work (methods.Method.kinds), skipped ones included: what the run's FLOPs count.
-  kind_steps: dict[str, float] = dataclasses.field(default_factory=dict)
+  # Steps taken of each kind of work (methods.Method.kinds), skipped ones included: what the run's FLOPs count. None:
+  # unknown, for a run resumed from a checkpoint of a version that did not count them (its FLOPs are then not recorded).
+  kind_steps: dict[str, float] | None = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
     """A deep copy: orbax writes it in the background while the loop goes on changing the log."""
@@ -43,8 +44,12 @@ class RunLog:
 
   @classmethod
   def from_json(cls, saved: dict) -> 'RunLog':
-    """The log of a checkpoint; keys it lacks (an older version wrote it) take their defaults."""
-    return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+    """The log of a checkpoint; keys it lacks (an older version wrote it) take their defaults, but for the steps of
+    each kind, unknown when steps were taken before (`kind_steps` None)."""
+    log = cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+    if 'kind_steps' not in saved and log.history:
+      log.kind_steps = None
+    return log
 
   def add_window(self, sums: dict[str, float], trained: int, skipped: int) -> None:
     """Adds the metric sums of a logging window of `trained` steps (skipped steps contribute zeros)."""
@@ -62,6 +67,8 @@ class RunLog:
     return {f'train_{k}': (_mean(sums[k], n) if n and k in sums else None) for k in keys}
 
   def add_kind_steps(self, counts: dict[str, float]) -> None:
+    if self.kind_steps is None:
+      return
     for kind, n in counts.items():
       self.kind_steps[kind] = self.kind_steps.get(kind, 0.0) + n
 

@@ -259,8 +259,8 @@ def results(exp, log, test_at_best: float | None) -> dict:
       command_wall_seconds=runtime.command_wall_seconds(),
       # XLA's count of the compiled steps this run took, each kind of step times the steps of that kind (flops.py).
       flops=exp.step_flops.total(log.kind_steps),
-      flops_per_step={kind: exp.step_flops.of(kind) for kind in log.kind_steps},
-      steps_per_kind=dict(log.kind_steps),
+      flops_per_step={kind: exp.step_flops.of(kind) for kind in log.kind_steps or {}},
+      steps_per_kind=log.kind_steps,
       history=log.history,
       config=configuration.to_dict(exp.config),
   )

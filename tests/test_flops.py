@@ -96,6 +96,16 @@ def test_run_flops_count_the_gathered_pass_by_its_recorded_share(monkeypatch):
   assert flops.run_flops(results)[2] == 5 + 400
 
 
+def test_run_flops_read_what_a_run_recorded_and_derive_only_for_older_files(monkeypatch):
+  monkeypatch.setattr(flops, '_kind_flops', lambda config_json, kind: 1.0)
+  history = [dict(_record(0), flops=0.0), dict(_record(5, gate_open=True), flops=50.0)]
+  results = dict(config=config_for('ssmae').to_dict(), steps=10, history=history, flops=120.0,
+                 pretraining=dict(steps=3, wall_seconds=1.0, flops=7.0))
+  assert flops.run_flops(results) == [7.0, 57.0, 127.0]  # The stage's recorded FLOPs first.
+  history[1]['flops'] = None  # Resumed from a checkpoint that did not count its steps: derived, 1 per step.
+  assert flops.run_flops(results) == [7.0, 12.0, 17.0]
+
+
 def _run(method, steps, wall, test, history):
   results = dict(dataset='cifar10', method=method, label_fraction=0.1, seed=0, steps=steps, wall_seconds=wall,
                  test_accuracy=test, history=history, config=config_for(method).to_dict())

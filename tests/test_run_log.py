@@ -75,3 +75,14 @@ def test_kind_steps_add_up_across_windows():
   log.add_kind_steps({'labeled_only': 3.0})
   log.add_kind_steps({'labeled_only': 1.0, 'gate_open': 2.0})
   assert RunLog.from_json(log.to_json()).kind_steps == {'labeled_only': 4.0, 'gate_open': 2.0}
+
+
+def test_a_checkpoint_that_did_not_count_kinds_of_steps_leaves_the_flops_unknown():
+  log = RunLog()
+  log.close_epoch(_record(0, 10, 0.5))
+  saved = log.to_json()
+  del saved['kind_steps']  # An older version's checkpoint, 10 steps in.
+  resumed = RunLog.from_json(saved)
+  resumed.add_kind_steps({'step': 5.0})
+  assert resumed.kind_steps is None  # Not 5 steps' worth: the 10 before are not known.
+  assert RunLog.from_json({k: v for k, v in RunLog().to_json().items() if k != 'kind_steps'}).kind_steps == {}
