@@ -112,7 +112,6 @@ def main(argv):
   import jax
   from ssmae_jax import sharding, tpu_compile
   from ssmae_jax.errors import UserError
-  tpu_compile.skip_absent_tpu()
   try:
     f = flags.FLAGS
     if f.mode == 'compile':

@@ -1,6 +1,7 @@
 """The machine a run got: its backend and devices, XLA's persistent compilation cache, and profiler traces."""
 
 import glob
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -14,6 +15,18 @@ from ssmae_jax import fileio
 # Device files an accelerator's driver creates: TPU VMs (/dev/accel* up to v4, /dev/vfio/N from v5), NVIDIA GPUs.
 _ACCELERATOR_DEVICES = {'tpu': ('/dev/accel*', '/dev/vfio/[0-9]*'), 'gpu': ('/dev/nvidia[0-9]*',)}
 _JAX_EXTRA = {'tpu': 'tpu', 'gpu': 'cuda13'}
+
+
+def skip_absent_tpu() -> None:
+  """With libtpu installed (the tpu-compile extra) JAX tries a TPU backend in every process, which on a machine
+  without a TPU fails, costing ~0.2 s, ~230 MB and five lines of libtpu errors on stderr. Where no accelerator's
+  device files exist JAX can only run on the CPU: this says so before any backend starts, to this process and to
+  the processes it starts. An explicit JAX_PLATFORMS is kept; slices for --mode=compile need no TPU backend.
+  `import ssmae_jax` calls it, so every entry point (main.py, the report, scripts, benchmarks, notebooks) does."""
+  if ('JAX_PLATFORMS' not in os.environ and importlib.util.find_spec('libtpu')
+      and idle_accelerator('cpu') is None):
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    jax.config.update('jax_platforms', 'cpu')
 
 
 def _process_start_time() -> float:

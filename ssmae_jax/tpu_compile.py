@@ -72,17 +72,6 @@ CHIPS = {
 }
 
 
-def skip_absent_tpu() -> None:
-  """With libtpu installed (the tpu-compile extra) JAX tries a TPU backend in every process, which on a machine
-  without a TPU fails, costing ~0.2 s, ~230 MB and five lines of libtpu errors on stderr. Where no accelerator's
-  device files exist JAX can only run on the CPU: this says so before any backend starts, to this process and to
-  the processes it starts. An explicit JAX_PLATFORMS is kept; slices for --mode=compile need no TPU backend."""
-  if ('JAX_PLATFORMS' not in os.environ and importlib.util.find_spec('libtpu')
-      and runtime.idle_accelerator('cpu') is None):
-    os.environ['JAX_PLATFORMS'] = 'cpu'
-    jax.config.update('jax_platforms', 'cpu')
-
-
 def slice_devices(name: str) -> tuple[Slice, list]:
   """The devices of the slice a user names (a Cloud TPU name of SLICES, or libtpu's own, e.g. 'v4:2x2x1')."""
   if name in SLICES:
@@ -192,7 +181,7 @@ class Program:
 def programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   """The programs a run of `config` compiles: each stage's train step, then the eval step. The one place that
   builds them from the library's parts, imported here: the rest of this module also serves main.py's and the tests'
-  start-up (skip_absent_tpu), before TensorFlow and the library load."""
+  start-up, before TensorFlow and the library load."""
   from ssmae_jax import evaluation, experiment, methods, models
   model = models.from_config(config, shape.num_classes, backend='tpu')
   stages = ([('pretrain', experiment.pretraining_config(config))] if config.pretrain_steps else []) + [

@@ -28,11 +28,7 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=os.environ['SSMAE_TESTS_XLA_CACHE'],
 
 import pytest  # noqa: E402
 
-from ssmae_jax import tpu_compile  # noqa: E402
-
-# With libtpu installed (the tpu-compile extra) and no TPU here, JAX would try one in every test process and every
-# process the tests start: this machine's processes use the CPU, as they did without libtpu.
-tpu_compile.skip_absent_tpu()
+import ssmae_jax  # noqa: E402,F401  With libtpu and no TPU here: the CPU for this process and every one it starts.
 
 needs_cifar10 = pytest.mark.skipif(
     not os.path.isdir(os.path.join(os.environ['TFDS_DATA_DIR'], 'cifar10')),

@@ -80,3 +80,14 @@ def test_the_cache_defaults_to_the_users_jax_setting_then_the_workdir_and_an_emp
   assert runtime.compilation_cache_dir(config(None), '/w', environ={'JAX_COMPILATION_CACHE_DIR': '/c'}) == '/c'
   assert runtime.compilation_cache_dir(config('gs://b/cache'), '/w', environ={}) == 'gs://b/cache'
   assert runtime.compilation_cache_dir(config(''), '/w', environ={'JAX_COMPILATION_CACHE_DIR': '/c'}) is None
+
+
+def test_importing_the_library_keeps_jax_off_a_tpu_this_machine_lacks():
+  """With libtpu installed (the tpu-compile extra) and no accelerator, any entry point stays on the CPU, quietly."""
+  pytest.importorskip('libtpu')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  code = 'import os, ssmae_jax, jax; print(os.environ["JAX_PLATFORMS"], jax.default_backend())'
+  run = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.split() == ['cpu', 'cpu']
+  assert 'libtpu' not in run.stderr and 'TPU' not in run.stderr
