@@ -30,7 +30,11 @@ class Registry:
   def register(self, name: str, entry: Any) -> Any:
     if not isinstance(name, str) or not name:
       raise UserError(f'@registry.{self.decorator}(name) needs a non-empty string name, not {name!r}.')
-    self._entries[name] = entry  # A module imported again (a notebook's reload) replaces its own entries.
+    if name in self._entries and _origin(self._entries[name]) != _origin(entry):
+      # Two modules under one name: the second would silently replace the first (the paper's rule, say).
+      raise UserError(f'{self.kind} {name!r} is registered already, by {_origin(self._entries[name])}: choose '
+                      f'another name for the one in {_origin(entry)}.')
+    self._entries[name] = entry  # The same module imported again (a notebook's re-run) replaces its own entry.
     return entry
 
   def names(self) -> tuple[str, ...]:
@@ -45,8 +49,10 @@ class Registry:
                       'your config file imports.')
     return self._entries[name]
 
-  def __contains__(self, name: str) -> bool:
-    return name in self.names()
+
+def _origin(entry: Any) -> str:
+  """The module that registered `entry` (a function, or a method's record by its step's maker)."""
+  return getattr(getattr(entry, 'make_step', entry), '__module__', '?')
 
 
 gate_rules = Registry('gate rule', 'gate_rule', 'gate_rule')
@@ -56,14 +62,15 @@ methods = Registry('method', 'method', 'method')
 # Dotted field name -> its declaration (a fields.Spec): plugins' own config fields, added to every config.
 config_fields: dict[str, Any] = {}
 
-_loading = False
+_loaded = False
 
 
 def _load_builtins() -> None:
-  global _loading
-  if _loading:
+  """Imports the built-in parts' modules, once (flagged first: those modules call back into this registry)."""
+  global _loaded
+  if _loaded:
     return
-  _loading = True
+  _loaded = True
   for module in _BUILTIN_MODULES:
     importlib.import_module(module)
 

@@ -199,3 +199,12 @@ def test_a_plugin_error_during_a_checkpoint_save_ends_the_command(tmp_path):
   lines = run.stderr.strip().splitlines()
   assert lines[-1] == 'ValueError: a bug in my gate rule'
   assert sum(line.startswith('Traceback') for line in lines) == 1, run.stderr[-3000:]
+
+
+def test_a_name_taken_by_another_module_is_refused(plugins):
+  def my_hca(stats, config):
+    return True
+
+  with pytest.raises(UserError, match=r"gate rule 'hca' is registered already, by ssmae_jax.gate: choose another"):
+    registry.gate_rule('hca')(my_hca)
+  assert registry.gate_rules.get('hca').__module__ == 'ssmae_jax.gate'  # The paper's rule is still the one.
