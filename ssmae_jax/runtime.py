@@ -8,7 +8,6 @@ import tempfile
 import time
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 
 from ssmae_jax import fileio
 
@@ -128,8 +127,6 @@ def enable_compilation_cache(config, workdir) -> str | None:
   if directory is None:
     return None
   jax.config.update('jax_compilation_cache_dir', directory)
-  # In a process that compiled something before (a notebook), JAX has settled on no cache: make it look again.
-  compilation_cache.reset_cache()
   # Every compiled step is worth keeping: the evaluation and metric steps compile in under JAX's default second.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   global _cache_counter

@@ -74,6 +74,22 @@ def test_a_second_process_loads_the_compiled_steps_and_a_profile_is_written(smal
   assert not (tmp_path / 'second' / 'profile').exists()  # profile_steps defaults to none.
 
 
+@needs_cifar10
+@pytest.mark.slow
+def test_a_run_started_in_process_gets_the_runs_compilation_cache(small_cifar10, tmp_path):
+  """A notebook or script (no main.py), after JAX compiled something else: the run's steps are cached in its workdir."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
+  code = ('import sys, jax, jax.numpy as jnp; from ssmae_jax import configs, train; '
+          'jax.jit(jnp.sin)(1.0); '  # Something compiled before the run, as in a notebook.
+          "config = configs.get('smoke'); config.update(data_dir=sys.argv[2], label_fraction=0.5, num_steps=2, "
+          'log_every_steps=2); '
+          'train.train_and_evaluate(config, sys.argv[1])')
+  run = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'run'), small_cifar10], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert len(os.listdir(tmp_path / 'run' / 'compilation_cache')) > 1
+
+
 def test_the_cache_defaults_to_the_users_jax_setting_then_the_workdir_and_an_empty_path_turns_it_off():
   config = lambda path: ml_collections.ConfigDict(dict(compilation_cache_dir=path))
   assert runtime.compilation_cache_dir(config(None), 'gs://b/run', environ={}) == 'gs://b/run/compilation_cache'
