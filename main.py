@@ -71,6 +71,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     flags.FLAGS.config.method  # The config file loads lazily; make its errors surface here.
   except Exception as e:  # Anything raised while parsing flags or loading the config file is bad user input.
     message = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split()).strip('\'"')
+    message = _unsweepable(argv) or message
     print(f'error: {message} (see --helpfull, and the fields of configs/default.py)', file=sys.stderr)
     sys.exit(2)
   from ssmae_jax import configuration
@@ -83,6 +84,19 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not flags.FLAGS['verbosity'].present:
     _import_quietly('tensorflow')
   return rest
+
+
+def _unsweepable(argv: list[str]) -> str | None:
+  """The error line for a --config.sweep.NAME override whose field exists but cannot be swept (config.sweep holds the
+  sweepable fields only, so flag parsing alone would say the key does not exist)."""
+  from ssmae_jax import configuration, sweep
+  for arg in argv:
+    if arg.startswith('--config.sweep.'):
+      name = arg[len('--config.sweep.'):].split('=', 1)[0]
+      specs = configuration.declarations()
+      if name in specs and not specs[name].sweep:
+        return sweep.unsweepable(name, specs)
+  return None
 
 
 def _import_quietly(module: str) -> None:

@@ -37,11 +37,12 @@ class Checkpoints:
                                         item_names=('state', 'meta'))
     self.best = ocp.CheckpointManager(workdir / 'best', options=_options('best', 1), item_names=('params', 'meta'))
 
-  def save(self, state, meta: dict) -> None:
+  def save(self, state, meta: dict, step: int | None = None) -> None:
+    """`state` as the latest checkpoint of its step (`step`: a sweep's stacked state has one per run)."""
     # `meta` may name a best checkpoint: it must be complete before a checkpoint that relies on it can be.
     self.best.wait_until_finished()
     # A copy: orbax writes it in the background while the loop goes on changing `meta` (epoch sums, history).
-    self.latest.save(int(state.step), args=ocp.args.Composite(
+    self.latest.save(int(state.step) if step is None else step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))), force=True)
 
   def save_best(self, step: int, params, meta: dict) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from ssmae_jax import fields as fields_lib, masking, methods
+from ssmae_jax import fields as fields_lib, masking, methods, sweep
 from ssmae_jax.configs import default
 from ssmae_jax.errors import UserError
 
@@ -38,7 +38,7 @@ def fields(config: ml_collections.ConfigDict, prefix: str = '',
   """(dotted name, value) of every leaf field of a config, references resolved; a mapping field (config.loss_terms:
   declared as fields.Weights, or named in `stop_at`) is one leaf, as a dict."""
   if stop_at is None:
-    stop_at = tuple(n for n, spec in declarations().items() if isinstance(spec, fields_lib.Weights))
+    stop_at = tuple(n for n, spec in declarations().items() if isinstance(spec, (fields_lib.Weights, fields_lib.Sweep)))
   out = []
   for key in config.keys():
     value = config[key]
@@ -74,6 +74,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name, value in fields(config):
     _check_field(name, value, specs.get(name))
   _check_rules(config)
+  sweep.check(config, specs)
 
 
 def _check_rules(config: ml_collections.ConfigDict) -> None:
@@ -119,8 +120,21 @@ def _check_rules(config: ml_collections.ConfigDict) -> None:
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:
-  """The resolved config as plain JSON-able data."""
-  return json.loads(config.to_json_best_effort())
+  """The resolved config as plain JSON-able data; config.sweep as the swept fields alone (nested, {} for none)."""
+  out = json.loads(config.to_json_best_effort())
+  if 'sweep' in out:
+    out['sweep'] = _swept_only(out['sweep'])
+  return out
+
+
+def _swept_only(node: dict) -> dict:
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      value = _swept_only(value)
+    if value not in (None, {}):
+      out[key] = value
+  return out
 
 
 def _nested_set(d: dict, dotted: str, value: Any) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from ssmae_jax import checkpointing, configuration, data_record, evaluation, fileio, flops, input_pipeline, masking
-from ssmae_jax import methods, models, runtime, sharding, train_state
+from ssmae_jax import methods, models, runtime, sharding, sweep, train_state
 from ssmae_jax.errors import UserError
 
 
@@ -62,19 +62,23 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   o = config.optimizer
   # Weight decay on every parameter, as torch.optim.AdamW(model.parameters()) in the reference.
   adamw = optax.adamw(learning_rate_schedule(config, total_steps), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
-  if o.grad_clip_norm:
+  if sweep.static(config).optimizer.grad_clip_norm:  # In a sweep every run clips, or none does.
     return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
   return adamw
 
 
+def initial_state(model: models.SSMAE, tx, config, pool_size: int, seed) -> train_state.TrainState:
+  """The state before the first step, its parameters drawn from `seed` (an int, or a sweep's traced seed)."""
+  ids_keep, _, ids_restore = masking.draw(config, jax.random.key(0), 1, model.num_patches)
+  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  params = model.init(jax.random.key(seed), images, ids_keep, ids_restore)['params']
+  return train_state.create(params, tx, pool_size, teacher=methods.get(config.method).has_teacher(config))
+
+
 def init_state(model: models.SSMAE, tx, config, pool_size: int, mesh) -> train_state.TrainState:
   """The initial state, created directly with replicated sharding (no host round trip)."""
-  def init():
-    ids_keep, _, ids_restore = masking.draw(config, jax.random.key(0), 1, model.num_patches)
-    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    params = model.init(jax.random.key(config.seed), images, ids_keep, ids_restore)['params']
-    return train_state.create(params, tx, pool_size, teacher=methods.get(config.method).has_teacher(config))
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+  return jax.jit(lambda: initial_state(model, tx, config, pool_size, config.seed),
+                 out_shardings=sharding.replicated(mesh))()
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -95,13 +99,17 @@ def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return pre
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-  """Everything a training run needs, in `workdir` (created; its config.json and data.json recorded or checked)."""
+def build(config: ml_collections.ConfigDict, workdir: str, *, init: bool = True, mesh=None, eval_step=None,
+          step_flops: flops.StepFlops | None = None) -> Experiment:
+  """Everything a training run needs, in `workdir` (created; its config.json and data.json recorded or checked).
+
+  A sweep builds each of its runs with `init=False` (no state: the sweep's stacked one trains them), and shares
+  `mesh`, `eval_step` and `step_flops` among runs where they are the same."""
   configuration.validate(config)
   method = methods.get(config.method)
   workdir = fileio.path(workdir)
   is_main = jax.process_index() == 0
-  mesh = make_mesh(config)
+  mesh = mesh or make_mesh(config)
   prepare_workdir(workdir, config, record=is_main)
   runtime.ensure_compilation_cache(config, workdir)  # Before anything of the run compiles.
   splits = input_pipeline.load_splits(config)
@@ -111,20 +119,22 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch
   model = models.from_config(config, splits.num_classes)
   tx = make_optimizer(config, total_steps)
-  state = init_state(model, tx, config, len(splits.unlabeled_idx), mesh)
+  pool_size = len(splits.unlabeled_idx)
+  state = init_state(model, tx, config, pool_size, mesh) if init else None
   init_from = config.init_from or (str(workdir / PRETRAIN_DIR) if config.pretrain_steps else None)
-  if init_from:
+  if init_from and init:
     state = train_state.with_params(state, checkpointing.load_pretrained(init_from, state.params))
-  evaluator = evaluation.Evaluator(evaluation.make_eval_step(model, config, mesh), config, mesh, {
+  evaluator = evaluation.Evaluator(eval_step or evaluation.make_eval_step(model, config, mesh), config, mesh, {
       # Decoded once, not per evaluation: for folder data this reads files.
       'val': (splits.eval_images(splits.val_idx, config.image_size), splits.train_labels[splits.val_idx]),
       'test': (splits.test_images, splits.test_labels),
   })
+  shapes = state if init else jax.eval_shape(lambda: initial_state(model, tx, config, pool_size, 0))
   return Experiment(config=config, method=method, workdir=workdir, mesh=mesh, splits=splits,
                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=model, tx=tx, state=state,
                     checkpoints=checkpointing.Checkpoints(workdir, config.keep_checkpoints), evaluator=evaluator,
-                    step_flops=flops.StepFlops(method, model, tx, config, state,
-                                               input_pipeline.example_batch(config, splits)))
+                    step_flops=step_flops or flops.StepFlops(method, model, tx, config, shapes,
+                                                             input_pipeline.example_batch(config, splits)))
 
 
 def prepare_workdir(workdir, config, record: bool) -> None:

@@ -14,11 +14,15 @@ _ELEMENT = object()
 
 
 class Spec:
-  """A field's default and the values it accepts. A default of None makes None acceptable too."""
+  """A field's default and the values it accepts. A default of None makes None acceptable too.
+
+  `sweep`: the field may be swept (config.sweep, ssmae_jax/sweep.py): its value does not set an array shape or what
+  the step program computes, only numbers in it (or host-side choices: the data a run sees, its gate rule)."""
   type: type
 
-  def __init__(self, default: Any = _ELEMENT):
+  def __init__(self, default: Any = _ELEMENT, *, sweep: bool = False):
     self.default = default
+    self.sweep = sweep
 
   @property
   def optional(self) -> bool:
@@ -48,8 +52,8 @@ class _Number(Spec):
   """Bounds: min / max inclusive, above / below exclusive; None leaves that side open."""
 
   def __init__(self, default: Any = _ELEMENT, *, min: float | None = None, max: float | None = None,
-               above: float | None = None, below: float | None = None):
-    super().__init__(default)
+               above: float | None = None, below: float | None = None, sweep: bool = False):
+    super().__init__(default, sweep=sweep)
     self.min, self.max, self.above, self.below = min, max, above, below
 
   def _in_bounds(self, value: float) -> bool:
@@ -122,8 +126,8 @@ class OneOf(Spec):
   """A name from a fixed tuple, or from a registry (registry.Registry: the names registered when it is checked)."""
   type = str
 
-  def __init__(self, default: Any, choices):
-    super().__init__(default)
+  def __init__(self, default: Any, choices, *, sweep: bool = False):
+    super().__init__(default, sweep=sweep)
     self._choices = choices
 
   @property
@@ -145,7 +149,7 @@ class Weights(Spec):
   def __init__(self, registry):
     super().__init__({})
     self.registry = registry
-    self.weight = Float(0.0, min=0)
+    self.weight = Float(0.0, min=0, sweep=True)
 
   def config_value(self) -> Any:
     return ml_collections.ConfigDict({name: 0.0 for name in self.registry.names()})
@@ -157,6 +161,37 @@ class Weights(Spec):
     names = ', '.join(self.registry.names()) or 'none yet'
     return (f'a mapping from registered {self.registry.kind}s ({names}; @registry.{self.registry.decorator} registers '
             'one) to numbers >= 0')
+
+
+class Sweep(Spec):
+  """config.sweep: swept field -> the tuple of its values; the runs are their product (ssmae_jax/sweep.py checks it).
+  Built last: it mirrors every sweepable field (declared with sweep=True) as None, so `--config.sweep.tau='(0.9,0.95)'`
+  sets one from the command line."""
+  type = dict
+
+  def __init__(self):
+    super().__init__({})
+
+  def mirror(self, declarations: dict[str, Spec]) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict()
+    for name, spec in declarations.items():
+      names = ([f'{name}.{k}' for k in spec.registry.names()] if isinstance(spec, Weights) else
+               [name] if spec.sweep else [])
+      for swept in names:
+        *parents, leaf = swept.split('.')
+        node = out
+        for key in parents:
+          if key not in node:
+            node[key] = ml_collections.ConfigDict()
+          node = node[key]
+        node[leaf] = ml_collections.FieldReference(None, field_type=tuple)
+    return out
+
+  def _accepts(self, value: Any) -> bool:
+    return True  # sweep.check says what is wrong, field by field.
+
+  def _describe(self) -> str:
+    return 'a mapping from sweepable fields to tuples of values'
 
 
 class Tuple(Spec):
@@ -204,7 +239,9 @@ def declared(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     out = {}
     for key, value in node.items():
       path = prefix + key
-      if isinstance(value, ml_collections.ConfigDict):
+      if isinstance(value, Sweep):
+        sweeps.append((out, key, path, value))
+      elif isinstance(value, ml_collections.ConfigDict):
         out[key] = ml_collections.ConfigDict(plain(value, path + '.'))
       elif isinstance(value, Spec):
         _declarations[path] = value
@@ -213,7 +250,12 @@ def declared(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         out[key] = value
     return out
 
-  return ml_collections.ConfigDict(plain(config, ''))
+  sweeps = []
+  out = plain(config, '')
+  for node, key, path, spec in sweeps:  # After every other field is declared: it mirrors them.
+    _declarations[path] = spec
+    node[key] = spec.mirror(_declarations)
+  return ml_collections.ConfigDict(out)
 
 
 def declared_fields() -> dict[str, Spec]:

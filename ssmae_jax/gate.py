@@ -43,10 +43,15 @@ def never(stats: dict, config) -> bool:
   return False
 
 
+def opens(config, stats: dict) -> bool:
+  """Whether config.gate_rule opens the gate of the epoch whose validation pass gave `stats` (evaluation.gate_stats)."""
+  return bool(registry.gate_rules.get(config.gate_rule)(stats, config))
+
+
 def decide(state, config, stats: dict, mesh) -> tuple[object, bool]:
-  """The gate of the epoch whose validation pass gave `stats` (evaluation.gate_stats), by config.gate_rule, set on
-  the train state -> (the state, whether it is open)."""
-  is_open = bool(registry.gate_rules.get(config.gate_rule)(stats, config))
+  """The gate of the epoch whose validation pass gave `stats`, by config.gate_rule (`opens`), set on the train
+  state -> (the state, whether it is open)."""
+  is_open = opens(config, stats)
   return state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(mesh))), is_open
 
 

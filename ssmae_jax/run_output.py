@@ -143,11 +143,13 @@ _WINDOW_SHOWN = frozenset(('loss', 'rec_loss', 'cls_loss', 'labeled_accuracy', '
 
 
 class Reporter:
-  """The outputs of one training run (an experiment.Experiment)."""
+  """The outputs of one training run (an experiment.Experiment). `console=False`: files only (a sweep's run; the
+  sweep prints its own lines)."""
 
-  def __init__(self, exp):
+  def __init__(self, exp, console: bool = True):
     self.exp, self.config, self.workdir = exp, exp.config, exp.workdir
     self.is_main = jax.process_index() == 0
+    self.console = console
     self.figures_dir = exp.workdir / 'figures'
     self.figure_images = figure_images(exp.splits, exp.config.image_size)
     # TensorBoard event files from process 0; the console gets our own lines, not the logging writer's.
@@ -155,7 +157,7 @@ class Reporter:
         [metric_writers.SummaryWriter(str(exp.workdir))] if self.is_main and exp.config.tensorboard else [])
 
   def print(self, line: str) -> None:
-    if self.is_main:
+    if self.is_main and self.console:
       print(line, flush=True)
 
   def start(self, start_step: int) -> None:

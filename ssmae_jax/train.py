@@ -136,19 +136,32 @@ def saves_finished_on_error(checkpoints: checkpointing.Checkpoints):
     raise
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict] | None:
   """main.py's train mode: config.pretrain_steps of MAE pre-training in WORKDIR/pretrain first (if asked; skipped
-  once finished), then `train_and_evaluate`, which starts from it. None if a preemption stopped either stage."""
+  once finished), then `train_and_evaluate`, which starts from it. A sweep (config.sweep) trains as one program
+  (sweep_train.py), its pre-training stage too, and returns each run's results. None if a preemption stopped either
+  stage."""
+  from ssmae_jax import sweep, sweep_train  # sweep_train builds on this module.
+  is_sweep = sweep.is_sweep(config)
   if config.pretrain_steps:
     configuration.validate(config)  # A mistake in the run's config must not wait for the pre-training to end.
     experiment_lib.prepare_workdir(fileio.path(workdir), config, record=jax.process_index() == 0)
     pretrain_dir = fileio.path(workdir) / experiment_lib.PRETRAIN_DIR
-    if not (pretrain_dir / 'results.json').exists():
+    if not (pretrain_dir / (sweep_train.RESULTS if is_sweep else 'results.json')).exists():
       if jax.process_index() == 0:
         print(f'Pre-training (config.pretrain_steps={config.pretrain_steps}, method mae_pretrain) in {pretrain_dir}; '
               f'then {config.method} starts from it.', flush=True)
-      if train_and_evaluate(experiment_lib.pretraining_config(config), str(pretrain_dir))[1] is None:
+      pre = experiment_lib.pretraining_config(config)
+      if is_sweep:  # Each run's stage in its own folder, WORKDIR/runs/<run>/pretrain, as a lone run's.
+        names = [name for name, _ in sweep.runs(pre)]
+        done = sweep_train.train_and_evaluate(pre, str(pretrain_dir), dirs=sweep_train.run_dirs(
+            workdir, names, experiment_lib.PRETRAIN_DIR))[1]
+      else:
+        done = train_and_evaluate(pre, str(pretrain_dir))[1]
+      if done is None:
         return None
+  if is_sweep:
+    return sweep_train.train_and_evaluate(config, workdir)[1]
   return train_and_evaluate(config, workdir)[1]
 
 
@@ -162,19 +175,29 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
   """The evaluation at the start of `epoch` (or after the last step, `final`): validation decides the gate for
   the epoch and the best checkpoint; test accuracy every config.test_every_epochs and at the end. -> the state
   with the epoch's gate."""
+  is_open = evaluate_run(exp, state.params, state.pseudo_labels, int(state.step), epoch, log, report, clock, final)
+  if exp.method.gated and not final:
+    state = state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(exp.mesh)))
+  return state
+
+
+def evaluate_run(exp: experiment_lib.Experiment, params, pseudo_labels, step: int, epoch: int, log: RunLog,
+                 report: run_output.Reporter, clock: run_output.Clock, final: bool = False) -> bool:
+  """`evaluate_epoch` for a run's parameters and memory (a lone run's, or one run's of a sweep) -> whether its gate
+  is open for the epoch (False where the method has none, and after the last step)."""
   config = exp.config
   classifies = exp.method.classifies  # A method that never trains the head has nothing to evaluate.
-  val = exp.evaluate(state.params, 'val') if classifies else None
+  val = exp.evaluate(params, 'val') if classifies else None
   hca = val.high_conf_accuracy if val else 0.0
   is_open = False
   if exp.method.gated and not final:  # After the last step the gate decides nothing.
-    state, is_open = gate.decide(state, config, evaluation.gate_stats(val, epoch, exp.splits.num_classes), exp.mesh)
+    is_open = gate.opens(config, evaluation.gate_stats(val, epoch, exp.splits.num_classes))
     log.note_gate(epoch, is_open)
   test_due = classifies and (final or is_due(epoch, config.test_every_epochs))
-  test = exp.evaluate(state.params, 'test') if test_due else None
-  memory = gate.memory_summary(np.asarray(jax.device_get(state.pseudo_labels)),
+  test = exp.evaluate(params, 'test') if test_due else None
+  memory = gate.memory_summary(np.asarray(jax.device_get(pseudo_labels)),
                                experiment_lib.hidden_labels(exp.splits), exp.splits.num_classes)
-  record = dict(epoch=epoch, step=int(state.step), val_accuracy=val.accuracy if val else None, val_hca=hca,
+  record = dict(epoch=epoch, step=step, val_accuracy=val.accuracy if val else None, val_hca=hca,
                 val_num_confident=val.num_confident if val else 0, gate_open=is_open and not final,
                 test_accuracy=test.accuracy if test else None, test_hca=test.high_conf_accuracy if test else None,
                 pseudo_labels_total=memory['total'], pseudo_labels_new=memory['total'] - log.pseudo_labels_total,
@@ -182,9 +205,9 @@ def evaluate_epoch(exp: experiment_lib.Experiment, state, epoch: int, log: RunLo
                 pseudo_labels_correct_per_class=memory['correct_per_class'],
                 **log.take_epoch_means(), flops=exp.step_flops.total(log.kind_steps), wall_seconds=clock.seconds())
   if log.close_epoch(record):
-    exp.checkpoints.save_best(int(state.step), state.params, dict(epoch=epoch, val_accuracy=record['val_accuracy']))
-  report.epoch(record, log, state.params, final)
-  return state
+    exp.checkpoints.save_best(step, params, dict(epoch=epoch, val_accuracy=record['val_accuracy']))
+  report.epoch(record, log, params, final)
+  return is_open
 
 
 def log_window(exp: experiment_lib.Experiment, window: 'MetricWindow', done: int, log: RunLog,
@@ -195,21 +218,32 @@ def log_window(exp: experiment_lib.Experiment, window: 'MetricWindow', done: int
     return
   steps_in_window = window.steps
   sums, steps_per_sec = window.fetch()
+  means = window_means(exp, sums, steps_in_window, done, log)
+  report.window(done, dict(means, steps_per_sec=steps_per_sec),
+                float(experiment_lib.learning_rate_schedule(exp.config, exp.total_steps)(done)))
+
+
+def window_means(exp: experiment_lib.Experiment, sums: dict, steps_in_window: int, done: int, log: RunLog,
+                 run: str = '') -> dict:
+  """A logging window's metric `sums` (MetricWindow.fetch's, of one run) added to the run's log -> their means over
+  the trained steps, and 'skipped_steps'. A non-finite step raises here under config.nan_policy='stop'."""
+  sums = dict(sums)
   nonfinite, finite_steps = int(sums.pop('nonfinite')), int(sums.pop('finite_steps'))
   if nonfinite and exp.config.nan_policy == 'stop':
     exp.checkpoints.wait()  # The checkpoints already saved are good: let them finish before the process ends.
     raise FloatingPointError(
-        f'The loss or gradient became non-finite at step {done - steps_in_window + finite_steps + 1}; the run '
-        f'stopped there and the last good checkpoint is in {exp.workdir}/checkpoints. Lower the learning rate, clip '
-        'gradients (config.optimizer.grad_clip_norm) or set config.nan_policy=skip.')
+        f'The loss or gradient{" of run " + run if run else ""} became non-finite at step '
+        f'{done - steps_in_window + finite_steps + 1}; the run stopped there and the last good checkpoint is in '
+        f'{exp.workdir}/checkpoints. Lower the learning rate, clip gradients (config.optimizer.grad_clip_norm) or set '
+        'config.nan_policy=skip.')
   # nan_policy='skip': skipped steps report zeros and count in no mean.
   trained = steps_in_window - nonfinite
   log.add_kind_steps(exp.step_flops.counts(sums, steps_in_window))
   log.add_window(sums, trained, nonfinite)
   means = {k: (np.asarray(v) / max(trained, 1)).tolist() if isinstance(v, list) else v / max(trained, 1)
            for k, v in sums.items()}
-  means.update(skipped_steps=nonfinite, steps_per_sec=steps_per_sec)
-  report.window(done, means, float(experiment_lib.learning_rate_schedule(exp.config, exp.total_steps)(done)))
+  means.update(skipped_steps=nonfinite)
+  return means
 
 
 def test_at_best_validation(exp: experiment_lib.Experiment, state, log: RunLog) -> float | None:
@@ -220,11 +254,11 @@ def test_at_best_validation(exp: experiment_lib.Experiment, state, log: RunLog) 
   return exp.evaluate(best_params, 'test').accuracy
 
 
-def prefetch_to_device(iterator: Iterator[dict], mesh) -> Iterator[dict]:
-  """Places the next batches on the devices while the current step runs."""
+def prefetch_to_device(iterator: Iterator[dict], mesh, place=sharding.to_global) -> Iterator[dict]:
+  """Places the next batches on the devices (`place(batch, mesh)`) while the current step runs."""
   queue = collections.deque()
   for batch in iterator:
-    queue.append(sharding.to_global(batch, mesh))
+    queue.append(place(batch, mesh))
     if len(queue) > PREFETCH_TO_DEVICE:
       yield queue.popleft()
   while queue:

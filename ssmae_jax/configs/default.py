@@ -8,7 +8,7 @@ needs a declaration too, or every run stops naming it.
 import ml_collections
 
 from ssmae_jax import registry
-from ssmae_jax.fields import Bool, Float, Int, OneOf, Text, Tuple, Weights, declared
+from ssmae_jax.fields import Bool, Float, Int, OneOf, Sweep, Text, Tuple, Weights, declared
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.method = OneOf('ssmae', registry.methods)  # A registered method (@registry.method).
   # Workdir of a finished run whose encoder and decoder initialise this one (finetune; optional elsewhere).
   c.init_from = Text(None)
-  c.seed = Int(0, min=0, max=2**32 - 1)  # JAX's PRNG keys hold 32 bits: a larger seed would alias a smaller one.
+  # JAX's PRNG keys hold 32 bits: a larger seed would alias a smaller one.
+  c.seed = Int(0, min=0, max=2**32 - 1, sweep=True)
 
   _data(c)
   _model(c)
@@ -46,7 +47,7 @@ def _data(c: ml_collections.ConfigDict) -> None:
   # Fraction of the labeled examples held out for validation (gate + best checkpoint).
   c.val_fraction = Float(0.1, min=0, below=1)
   # Same split_seed -> same labeled / validation examples for every method and seed.
-  c.split_seed = Int(0, min=0, max=2**32 - 1)
+  c.split_seed = Int(0, min=0, max=2**32 - 1, sweep=True)
   # Reference: the unlabeled pool is the whole train split (minus validation).
   c.unlabeled_includes_labeled = Bool(True)
   # Strict replication: build the unlabeled weak / strong / MAE views, as the reference does, from the example already
@@ -56,15 +57,15 @@ def _data(c: ml_collections.ConfigDict) -> None:
   c.unlabeled_batch_size = Int(32, min=1)  # U, global.
   c.eval_batch_size = Int(256, min=1)
   c.augment = ml_collections.ConfigDict(dict(
-      labeled_rotation=Float(15.0, min=0, max=180),  # Degrees, both ways.
+      labeled_rotation=Float(15.0, min=0, max=180, sweep=True),  # Degrees, both ways.
       labeled_jitter=Tuple((0.2, 0.2, 0.2, 0.1), brightness=Float(min=0), contrast=Float(min=0),
                            saturation=Float(min=0), hue=Float(min=0, max=0.5)),
-      strong_rotation=Float(30.0, min=0, max=180),
+      strong_rotation=Float(30.0, min=0, max=180, sweep=True),
       strong_jitter=Tuple((0.4, 0.4, 0.4, 0.2), brightness=Float(min=0), contrast=Float(min=0),
                           saturation=Float(min=0), hue=Float(min=0, max=0.5)),
-      strong_grayscale_p=Float(0.2, min=0, max=1),
+      strong_grayscale_p=Float(0.2, min=0, max=1, sweep=True),
       strong_blur_sigma=Tuple((0.1, 2.0), low=Float(above=0), high=Float(above=0), ordered=True),
-      strong_translate=Float(0.1, min=0, max=1),  # Fraction of the image size, both ways.
+      strong_translate=Float(0.1, min=0, max=1, sweep=True),  # Fraction of the image size, both ways.
       # 'folder': training views start from a random crop of this area fraction and aspect ratio of the file.
       crop_scale=Tuple((0.35, 1.0), low=Float(above=0, max=1), high=Float(above=0, max=1), ordered=True),
       crop_ratio=Tuple((3 / 4, 4 / 3), low=Float(above=0), high=Float(above=0), ordered=True),
@@ -95,23 +96,24 @@ def _model(c: ml_collections.ConfigDict) -> None:
 
 def _ssmae(c: ml_collections.ConfigDict) -> None:
   """SSMAE: the loss, the selection rule, the gate; the levers beyond the paper."""
-  c.cls_weight = Float(1.0, min=0)  # lambda in L = L_rec + lambda * L_cls.
-  c.rec_weight = Float(1.0, min=0)  # 0 removes the reconstruction term (ablation).
+  c.cls_weight = Float(1.0, min=0, sweep=True)  # lambda in L = L_rec + lambda * L_cls.
+  c.rec_weight = Float(1.0, min=0, sweep=True)  # 0 removes the reconstruction term (ablation).
   # Confidence threshold on both views: max p > tau, so 1 lets nothing pass (an ablation, as gate='never').
-  c.tau = Float(0.95, min=0, max=1)
+  c.tau = Float(0.95, min=0, max=1, sweep=True)
   c.require_agreement = Bool(True)  # argmax p_w == argmax p_s.
   c.sticky = Bool(True)  # Once given, a pseudo-label is kept forever.
   # Whether the gate is open for an epoch, from its validation pass (@registry.gate_rule): 'hca' is the paper's (closed
   # for warmup_epochs, then open iff HCA >= gate_threshold); 'always_open' and 'never' are ablations.
-  c.gate_rule = OneOf('hca', registry.gate_rules)
-  c.gate_threshold = Float(0.70, min=0, max=1)  # HCA needed to open the gate.
-  c.gate_confidence = Float(0.95, min=0, below=1)  # Max-probability above which a validation example counts for HCA.
-  c.warmup_epochs = Int(10, min=0)  # Epochs before the gate may open; 0: from the first.
+  c.gate_rule = OneOf('hca', registry.gate_rules, sweep=True)
+  c.gate_threshold = Float(0.70, min=0, max=1, sweep=True)  # HCA needed to open the gate.
+  # Max-probability above which a validation example counts for HCA.
+  c.gate_confidence = Float(0.95, min=0, below=1, sweep=True)
+  c.warmup_epochs = Int(10, min=0, sweep=True)  # Epochs before the gate may open; 0: from the first.
   # Not in the paper (levers for short budgets, README "Results"): confident validation examples the gate also needs
   # (0: none, the paper: one confident, correct example is an HCA of 100%), and label smoothing of every
   # classification target, labeled and pseudo-labeled (0: none).
-  c.gate_min_confident = Int(0, min=0)
-  c.label_smoothing = Float(0.0, min=0, below=1)
+  c.gate_min_confident = Int(0, min=0, sweep=True)
+  c.label_smoothing = Float(0.0, min=0, below=1, sweep=True)
   # Not in the paper: the unlabeled view that L_cls trains on. 'weak' (the paper: a confident prediction trains the
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.
@@ -120,7 +122,7 @@ def _ssmae(c: ml_collections.ConfigDict) -> None:
   # this decay per step (Mean Teacher; FixMatch evaluates such an average). The same rule on the teacher's softmax of
   # both views, the targets then train the student; the student is what is evaluated, gated and saved as best.
   # 0: none, the paper (the model picks its own pseudo-labels). E.g. 0.99: an average over about 100 steps.
-  c.teacher_ema = Float(0.0, min=0, below=1)
+  c.teacher_ema = Float(0.0, min=0, below=1, sweep=True)
   # Speed, not the method: in a step that can use unlabeled examples, L_cls's forward and backward pass covers at most
   # this many of them, gathered (the remembered ones and, with the gate open, those confident on the view that gets
   # the forward pass only: no other can be selected); a step with more candidates takes the full pass over all U.
@@ -141,13 +143,13 @@ def _optimisation(c: ml_collections.ConfigDict) -> None:
   c.num_epochs = Int(400, min=0)
   c.num_steps = Int(None, min=1)  # If set, overrides num_epochs.
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=Float(1e-4, above=0),  # The peak, after warmup_steps.
-      weight_decay=Float(0.05, min=0),
-      b1=Float(0.9, min=0, below=1),
-      b2=Float(0.999, min=0, below=1),
+      learning_rate=Float(1e-4, above=0, sweep=True),  # The peak, after warmup_steps.
+      weight_decay=Float(0.05, min=0, sweep=True),
+      b1=Float(0.9, min=0, below=1, sweep=True),
+      b2=Float(0.999, min=0, below=1, sweep=True),
       schedule=OneOf('constant', ('constant', 'cosine')),
       warmup_steps=Int(0, min=0),  # Linear warmup from 0; 0: none.
-      grad_clip_norm=Float(0.0, min=0),  # 0 disables clipping.
+      grad_clip_norm=Float(0.0, min=0, sweep=True),  # 0 disables clipping.
   ))
   # A non-finite loss or gradient: 'stop' (error naming the step; the last good checkpoint is kept) | 'skip' (that
   # step leaves params, optimizer and memory unchanged; skips are counted and logged).
@@ -172,3 +174,7 @@ def _run(c: ml_collections.ConfigDict) -> None:
   c.profile_steps = Tuple((0, 0), first_step=Int(min=0), count=Int(min=0))
   # A config file suited to a CPU, named at start-up when this config runs on one (None: this one suits a CPU).
   c.cpu_config = Text(None)
+  # Several runs as one compiled program (ssmae_jax/sweep.py, README "Sweeps"): field -> tuple of values, the runs
+  # their product, each in WORKDIR/runs/<field=value,...>/. Only fields declared with sweep=True (they change numbers,
+  # not shapes or the program): e.g. c.sweep.seed = (0, 1, 2, 3), or --config.sweep.tau='(0.9,0.95)'.
+  c.sweep = Sweep()

@@ -10,6 +10,9 @@ the loss is skipped, not masked out:
   of both views select the targets before the pass, as for remembered examples.
 The pass's forward and backward both live inside one branch: a switch inside the differentiated function would make
 every branch output the residuals of every other branch (as zeros), which costs more than the skipped work saves.
+In a sweep (ssmae_jax/sweep.py) the runs agree on the most expensive branch any of them needs (vmap would otherwise
+compute them all); a run whose gate is closed then takes the gate-open work with its selection masked off
+(`Problem.gate_is_open`), which gives the loss and gradient of its own branch.
 
 With config.unlabeled_cls_rows = k > 0, a branch that classifies unlabeled examples first narrows them to the
 candidates that can be used (the remembered ones, and while the gate is open those confident on the view that gets
@@ -24,7 +27,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ssmae_jax import gate, losses
+from ssmae_jax import gate, losses, sweep
 
 LABELED_ONLY, WITH_MEMORY, GATE_OPEN = 0, 1, 2
 
@@ -47,6 +50,9 @@ class Problem:
   memory: jax.Array  # int32 [U]: each example's stored pseudo-label, -1 for none.
   remembered: jax.Array  # bool [U]: used whatever the gate (config.sticky).
   teacher: dict | None = None  # config.teacher_ema's parameters, which select the pseudo-labels.
+  # bool: whether this run's gate is open; the gate-open branch selects nothing new without it (a sweep's run whose
+  # gate is closed, in the branch another run needs).
+  gate_is_open: jax.Array | bool = True
 
   @property
   def num_u(self) -> int:
@@ -78,7 +84,7 @@ def narrowed(p: Problem, candidates, full_fn, rows_fn, full: bool | None, *args)
     return full_fn(*args) + (jnp.ones((), bool),)
   if full is not None:
     return (full_fn if full else rows_fn)(*args) + (jnp.asarray(full),)
-  use_full = jnp.sum(candidates) > p.config.unlabeled_cls_rows
+  use_full = sweep.agree(p.config, jnp.sum(candidates) > p.config.unlabeled_cls_rows)
   return jax.lax.cond(use_full, full_fn, rows_fn, *args) + (use_full,)
 
 
@@ -133,9 +139,18 @@ def select_and_loss(p: Problem, logits, probs_other, memory):
   probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
   probs_w, probs_s = (probs_other, probs_train) if p.train_on_strong else (probs_train, probs_other)
   c = p.config
-  targets, used, new = gate.select(probs_w, probs_s, memory, tau=c.tau, require_agreement=c.require_agreement,
-                                   sticky=c.sticky)
+  targets, used, new = only_if_open(p, memory, *gate.select(probs_w, probs_s, memory, tau=c.tau,
+                                                             require_agreement=c.require_agreement, sticky=c.sticky))
   return targets, used, new, losses.cross_entropy(logits[num_l:], targets, c.label_smoothing)
+
+
+def only_if_open(p: Problem, memory, targets, used, new):
+  """The selection of a gate-open pass, or with this run's gate closed, the remembered examples alone."""
+  if p.gate_is_open is True:
+    return targets, used, new
+  remembered = (memory >= 0) if p.config.sticky else jnp.zeros_like(used)
+  is_open = p.gate_is_open
+  return jnp.where(is_open, targets, memory), jnp.where(is_open, used, remembered), new & is_open
 
 
 def gate_open_full(p: Problem, params, probs_other):
@@ -167,7 +182,7 @@ def gate_open_rows(p: Problem, params, probs_other):
 
 def candidates_open(p: Problem, probs_other):
   """The examples a gate-open step can use: remembered, or confident on the view with the forward pass only."""
-  return p.remembered | (jnp.max(probs_other, axis=-1) > p.config.tau)
+  return p.remembered | ((jnp.max(probs_other, axis=-1) > p.config.tau) & p.gate_is_open)
 
 
 def gate_open(p: Problem, params, full=None):
@@ -181,8 +196,8 @@ def gate_open_teacher(p: Problem, params, full=None):
   probs = lambda x: jax.nn.softmax(p.classify(p.teacher, x))
   x_w, x_s = (p.x_other, p.x_train) if p.train_on_strong else (p.x_train, p.x_other)
   c = p.config
-  targets, used, new = gate.select(probs(x_w), probs(x_s), p.memory, tau=c.tau, require_agreement=c.require_agreement,
-                                   sticky=c.sticky)
+  targets, used, new = only_if_open(p, p.memory, *gate.select(probs(x_w), probs(x_s), p.memory, tau=c.tau,
+                                                               require_agreement=c.require_agreement, sticky=c.sticky))
   loss, grads, logits_l, full = narrowed(p, used, lambda *a: known_targets_full(p, *a),
                                          lambda *a: known_targets_rows(p, *a), full, params, used, targets)
   return loss, grads, (logits_l, used, new, targets), full
@@ -201,6 +216,7 @@ def classification_pass(p: Problem, params, gate_is_open, kind: str | None = Non
     branch = jnp.asarray(index)
   else:
     branch = jnp.where(gate_is_open, GATE_OPEN, jnp.where(jnp.any(p.remembered), WITH_MEMORY, LABELED_ONLY))
+    branch = sweep.agree(p.config, branch)
     out = jax.lax.switch(branch, [lambda params, b=b: b(p, params) for b in branches], params)
   loss, grads, aux, full = out
   return loss, grads, aux, full, _kind_one_hot(p.config, branch, full)

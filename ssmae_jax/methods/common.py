@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssmae_jax import losses, masking, registry, sharding
+from ssmae_jax import losses, masking, registry, sharding, sweep
 from ssmae_jax.normalization import IMAGENET_MEAN, IMAGENET_STD
 from ssmae_jax.train_state import TrainState
 
@@ -34,7 +34,10 @@ def prepare_images(images: jax.Array, image_size: int) -> jax.Array:
 
 
 def jit_train_step(train_step, mesh):
-  """`train_step(state, batch)` jitted over `mesh`: batch split along 'data', state replicated and donated."""
+  """`train_step(state, batch)` jitted over `mesh`: batch split along 'data', state replicated and donated. Without a
+  mesh (None), `train_step` itself: the pure step, which a sweep vmaps over its runs (sweep_train.py)."""
+  if mesh is None:
+    return train_step
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   return jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
 
@@ -73,9 +76,10 @@ class LossContext:
   config: object
 
 
-def active_loss_terms(config) -> dict[str, float]:
-  """config.loss_terms without the terms at weight 0."""
-  return {name: float(w) for name, w in config.get('loss_terms', {}).items() if w}
+def active_loss_terms(config) -> dict:
+  """config.loss_terms without the terms at weight 0 -> name: weight (an array in a sweep that sweeps it)."""
+  on = [name for name, w in sweep.static(config).get('loss_terms', {}).items() if w]
+  return {name: config.loss_terms[name] for name in on}
 
 
 def loss_terms(model, config, params, views: dict, rng: jax.Array, step: jax.Array):

@@ -9,7 +9,7 @@ config.loss_terms, and updates the memory.
 import jax
 import jax.numpy as jnp
 
-from ssmae_jax import gate, losses, registry
+from ssmae_jax import gate, losses, registry, sweep
 from ssmae_jax.methods import cls_pass, common
 
 
@@ -45,7 +45,7 @@ def objective(model, config, params, v: dict, rec_images, memory, gate_is_open, 
   ce_l = losses.cross_entropy(logits_l, y_l, config.label_smoothing)
   ce_u = losses.cross_entropy(logits_u, targets, config.label_smoothing)
   l_cls = (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (x_l.shape[0] + jnp.sum(used))
-  l_rec = common.reconstruction_loss(model, config, params, rec_images, rng) if config.rec_weight else 0.0
+  l_rec = common.reconstruction_loss(model, config, params, rec_images, rng) if sweep.static(config).rec_weight else 0.0
   return config.rec_weight * l_rec + config.cls_weight * l_cls, (targets, used, new)
 
 
@@ -72,12 +72,13 @@ def make_step(model, tx, config, mesh, kind: str | None = None):
       x_train, x_other = x_other, x_train
     problem = cls_pass.Problem(classify, config, v['labeled_image'], v['labeled_label'], x_train, x_other, memory,
                                remembered=(memory >= 0) if config.sticky else jnp.zeros_like(memory, bool),
-                               teacher=state.teacher if config.teacher_ema else None)
+                               teacher=state.teacher,  # None without config.teacher_ema.
+                               gate_is_open=state.gate_open if sweep.in_sweep(config) else True)
     cls, grads, (logits_l, used, new, targets), full, step_kind = cls_pass.classification_pass(
         problem, state.params, state.gate_open, kind)
     grads = jax.tree.map(lambda c: config.cls_weight * c, grads)
     rec = jnp.zeros((), jnp.float32)
-    if config.rec_weight:
+    if sweep.static(config).rec_weight:
       rec_images = jnp.concatenate([v['labeled_image'], common.prepare_images(batch['unlabeled_mae'],
                                                                                model.image_size)])
       rec, rec_grads = common.reconstruction(model, config, state.params, rec_images, rng)

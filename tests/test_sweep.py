@@ -1,0 +1,236 @@
+"""Sweeps (config.sweep, issue 27): several runs as one vmapped program, each run equal to the same run alone,
+each with its own data; unsweepable fields refused; kill -9 / SIGTERM and resume; two devices.
+
+The sweep here: conftest's SMALL_RUN (16 steps, 7 per epoch) over seed (1, 2) x gate_rule ('hca', 'never'): four
+runs whose gates differ (hca opens at epoch 0 under the smoke config's threshold 0; never stays closed), so the
+runs disagree on the step's branch and the closed ones take the open branch's work with their selection masked off.
+"""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import SMALL_RUN, config_flags as _flags, needs_cifar10, small_config
+from ssmae_jax import configuration, input_pipeline, sweep, sweep_train, train
+from ssmae_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 900
+OVERRIDES = {**SMALL_RUN, 'num_steps': 16, 'test_every_epochs': 0, 'log_every_steps': 1,
+             'checkpoint_every_steps': 3, 'keep_checkpoints': 3}
+SWEEP = {'seed': (1, 2), 'gate_rule': ('hca', 'never')}
+SWEEP_FLAGS = ["--config.sweep.seed=(1,2)", "--config.sweep.gate_rule=('hca','never')"]
+RUNS = ['seed=1,gate_rule=hca', 'seed=1,gate_rule=never', 'seed=2,gate_rule=hca', 'seed=2,gate_rule=never']
+
+
+def sweep_config(**overrides):
+  c = small_config(None, **{**OVERRIDES, **overrides})
+  c.sweep = SWEEP
+  return c
+
+
+def _quiet(fn, *args, **kwargs):
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    result = fn(*args, **kwargs)
+  return result, out.getvalue()
+
+
+def _results(run_dir) -> dict:
+  with open(os.path.join(run_dir, 'results.json')) as f:
+    results = json.load(f)
+  for key in ('wall_seconds', 'command_wall_seconds', 'sweep'):
+    results.pop(key, None)
+  for record in results['history']:
+    record.pop('wall_seconds')
+  return results
+
+
+def _largest_difference(got, want, path='') -> float:
+  """Compares two results.json trees: every int, bool, string and None equal, floats up to the returned largest
+  relative difference."""
+  if isinstance(want, dict):
+    assert set(got) == set(want), path
+    return max([_largest_difference(got[k], want[k], f'{path}.{k}') for k in want] or [0.0])
+  if isinstance(want, list):
+    assert len(got) == len(want), path
+    return max([_largest_difference(a, b, f'{path}[{i}]') for i, (a, b) in enumerate(zip(got, want))] or [0.0])
+  if isinstance(want, float) and not float(want).is_integer():
+    return abs(got - want) / max(abs(want), 1e-12)
+  assert got == want, path
+  return 0.0
+
+
+@pytest.fixture(scope='module')
+def env(small_cifar10) -> dict:
+  return dict(os.environ, JAX_PLATFORMS='cpu', TFDS_DATA_DIR=small_cifar10)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, env):
+  """The sweep uninterrupted, in this process: its workdir, and its printed lines."""
+  workdir = tmp_path_factory.mktemp('sweeps') / 'reference'
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+    (_, results), out = _quiet(sweep_train.train_and_evaluate, sweep_config(), str(workdir))
+  assert len(results) == 4
+  return workdir, out
+
+
+@needs_cifar10
+def test_each_run_of_a_sweep_ends_as_the_same_run_alone(reference, env, tmp_path):
+  workdir, out = reference
+  assert sorted(os.listdir(workdir / 'runs')) == sorted(RUNS)
+  for name in RUNS:  # What a lone run's workdir holds.
+    assert {'config.json', 'history.json', 'results.json', 'checkpoints', 'best', 'figures'} <= set(
+        os.listdir(workdir / 'runs' / name))
+  # One console line per window for the sweep, one line per run at each evaluation, a table at the end.
+  assert 'step 16/16 |' in out and 'run-steps/s, 4 runs' in out
+  assert out.count('  seed=2,gate_rule=never: epoch 1 |') == 1
+  worst = 0.0
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+    for name, seed, rule in (('seed=1,gate_rule=hca', 1, 'hca'), ('seed=2,gate_rule=never', 2, 'never')):
+      alone = tmp_path / name
+      _quiet(train.train_and_evaluate, small_config(None, **OVERRIDES, seed=seed, gate_rule=rule), str(alone))
+      got, want = _results(workdir / 'runs' / name), _results(alone)
+      # Its config is the lone run's: the sweep's values set, nothing swept.
+      assert got['config'] == want['config'] and got['config']['sweep'] == {}
+      worst = max(worst, _largest_difference(got, want))  # Gates, pseudo-label counts and accuracies exactly.
+      assert got['gate_opened_at_epoch'] == (0 if rule == 'hca' else None)
+  assert _results(workdir / 'runs' / 'seed=1,gate_rule=hca')['pseudo_labels_total'] > 0
+  print(f'largest relative difference from the runs alone: {worst:.2e}')
+  assert worst < 1e-4
+
+
+@needs_cifar10
+def test_a_run_of_a_sweep_is_a_workdir_for_eval_and_init_from(reference, env, tmp_path):
+  workdir, _ = reference
+  run_dir = workdir / 'runs' / 'seed=1,gate_rule=hca'
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+    finetune = tmp_path / 'finetune'
+    (_, results), _ = _quiet(train.train_and_evaluate, small_config(
+        None, **{**OVERRIDES, 'num_steps': 2}, method='finetune', init_from=str(run_dir)), str(finetune))
+  assert results['initialization']['seed'] == 1
+  command = [sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={run_dir}', '--mode=eval',
+             *_flags({**OVERRIDES, 'seed': 1, 'gate_rule': 'hca'})]
+  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'test accuracy' in done.stdout.lower()
+
+
+@needs_cifar10
+def test_a_split_seed_sweep_gives_each_run_its_own_labeled_set_and_batches(env, tmp_path):
+  config = small_config(None, **OVERRIDES)
+  config.sweep = {'split_seed': (0, 1)}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+    sw = sweep_train.build(config, str(tmp_path / 'sweep'))
+    stacked = next(sweep_train.stacked_batches(sw, 0))
+    for i, (name, run_config) in enumerate(sweep.runs(config)):
+      alone = input_pipeline.load_splits(run_config)
+      np.testing.assert_array_equal(sw.runs[i].splits.labeled_idx, alone.labeled_idx)
+      lone_batch = next(input_pipeline.train_iterator(alone, run_config, 0))
+      for key, value in lone_batch.items():
+        np.testing.assert_array_equal(stacked[key][i], value, err_msg=f'{name} {key}')
+  assert set(sw.runs[0].splits.labeled_idx) != set(sw.runs[1].splits.labeled_idx)
+  assert not np.array_equal(stacked['labeled_label'][0], stacked['labeled_label'][1])
+
+
+@pytest.mark.parametrize('sweep_value, message', [
+    ({'mask_ratio': (0.5, 0.75)}, 'config.mask_ratio cannot be swept'),
+    ({'model': {'width': (32, 64)}}, 'config.model.width cannot be swept'),
+    ({'tau': (0.5, 1.5)}, 'config.sweep.tau holds 1.5'),
+    ({'rec_weight': (0.0, 1.0)}, 'mixes 0 with other values'),
+    ({'seed': ()}, 'must be a non-empty tuple'),
+    ({'taus': (0.5,)}, 'there is no field config.taus'),
+])
+def test_a_bad_sweep_is_one_line_before_anything_compiles(sweep_value, message):
+  config = small_config(None)
+  config.sweep = sweep_value
+  with pytest.raises(UserError, match=message):
+    configuration.validate(config)
+
+
+def test_an_unsweepable_field_on_the_command_line_is_one_line(tmp_path):
+  done = subprocess.run([sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={tmp_path}',
+                         "--config.sweep.num_steps=(10,20)"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=TIMEOUT)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+  assert 'config.num_steps cannot be swept' in done.stderr
+
+
+def test_the_sweep_has_the_product_of_its_values_each_with_its_own_config():
+  config = small_config(None)
+  config.sweep.seed = (3, 4)
+  config.sweep.optimizer.learning_rate = (1e-3, 3e-3, 1e-2)
+  runs = sweep.runs(config)
+  assert [name for name, _ in runs][:2] == ['seed=3,optimizer.learning_rate=0.001',
+                                            'seed=3,optimizer.learning_rate=0.003']
+  assert len(runs) == 6 and runs[5][1].seed == 4 and runs[5][1].optimizer.learning_rate == 0.01
+  assert not sweep.is_sweep(runs[0][1]) and configuration.to_dict(runs[0][1])['sweep'] == {}
+  values = sweep.traced_values(config, configuration.declarations())
+  assert values['seed'].dtype == np.uint32 and values['seed'].tolist() == [3, 3, 3, 4, 4, 4]
+  assert values['optimizer.learning_rate'].dtype == np.float32
+
+
+def _start(workdir, env, *extra):
+  command = [sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={workdir}', *_flags(OVERRIDES),
+             *SWEEP_FLAGS, *extra]
+  stderr = open(f'{workdir}.stderr', 'a')
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                          start_new_session=True)
+
+
+def _stop_at(proc, prefix: str, how: int) -> str:
+  lines = []
+  try:
+    for line in proc.stdout:
+      lines.append(line)
+      if line.startswith(prefix):
+        os.killpg(proc.pid, how) if how == signal.SIGKILL else proc.send_signal(how)
+        break
+    rest, _ = proc.communicate(timeout=TIMEOUT)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  return ''.join(lines) + (rest or '')
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_kill_9_and_sigterm_mid_sweep_then_the_same_command_ends_as_the_uninterrupted_sweep(reference, env, tmp_path):
+  workdir = tmp_path / 'killed'
+  _stop_at(_start(workdir, env), 'step 8/', signal.SIGKILL)  # After the epoch-1 evaluations and step 6's checkpoint.
+  out = _stop_at(_start(workdir, env), 'step 11/', signal.SIGTERM)
+  assert 'Resuming from step 6' in out and 'Preempted (SIGTERM) at step' in out
+  assert not (workdir / 'sweep.json').exists()
+  proc = _start(workdir, env)
+  out, _ = proc.communicate(timeout=TIMEOUT)
+  assert proc.returncode == 0, open(f'{workdir}.stderr').read()[-3000:]
+  assert 'Resuming from step 1' in out
+  for name in RUNS:  # Bit for bit: the same program on the same device resumes exactly.
+    assert _results(workdir / 'runs' / name) == _results(reference[0] / 'runs' / name), name
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_a_sweep_over_2_devices_splits_the_runs_and_ends_as_on_one(reference, env, tmp_path):
+  workdir = tmp_path / 'two'
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+  two = dict(env, XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=2']))
+  proc = _start(workdir, two)
+  out, _ = proc.communicate(timeout=TIMEOUT)
+  assert proc.returncode == 0, open(f'{workdir}.stderr').read()[-3000:]
+  assert 'on a 2 x 1 (runs x data) mesh' in out
+  for name in RUNS:
+    assert _largest_difference(_results(workdir / 'runs' / name), _results(reference[0] / 'runs' / name)) < 1e-4
