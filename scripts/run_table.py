@@ -22,6 +22,9 @@ its first start, so the twin differs from that run only after the stage, e.g.
   ... --config=configs/cifar10_cpu.py --methods=ssmae,supervised --pretraining_from=ssmae
 On a TPU/GPU host run it as it is: each run uses all local devices. To spread runs over several hosts, give each
 host a different --seeds or --fractions.
+--sweep: the seeds of each method and fraction train as one sweep (config.sweep over seed and split_seed together,
+one compiled program, README "Sweeps") in ROOT/<dataset>/<method>/labels<fraction>/seeds<s1-s2-...>, each seed's run
+in its runs/seed=S,split_seed=S/; finetune starts each seed from the run of the same name in the mae_pretrain sweep.
 """
 
 import argparse
@@ -58,6 +61,16 @@ def workdir(root: str, dataset: str, method: str, fraction: float | None, seed: 
   return '/'.join([root.rstrip('/'), dataset, f'{method}_{tag}' if tag else method, labels, f'seed{seed}'])
 
 
+def sweep_dir(root: str, dataset: str, method: str, fraction: float | None, seeds: list[int], tag: str = '') -> str:
+  """The workdir of --sweep's sweep over `seeds`; each seed's run is in its runs/seed=S,split_seed=S/."""
+  return workdir(root, dataset, method, fraction, 0, tag).rsplit('/', 1)[0] + '/seeds' + '-'.join(map(str, seeds))
+
+
+def run_name(seed: int) -> str:
+  """The folder of a seed's run in a --sweep sweep (sweep.run_name of seed and split_seed)."""
+  return f'seed={seed},split_seed={seed}'
+
+
 def copy_stage(source: str, target: str) -> None:
   """Copies the pre-training stage folder `source` to `target` (local or bucket paths), its results.json last: a
   copy cut short is not a finished stage, and the next launch copies it again."""
@@ -84,6 +97,8 @@ def main() -> int:
   parser.add_argument('--pretraining_from', default='', metavar='ROW',
                       help='start each ssmae / supervised run from the finished pre-training stage of the run of the '
                       'same fraction and seed in ROOT/DATASET/ROW (e.g. ssmae, or ssmae_TAG), copied into its workdir')
+  parser.add_argument('--sweep', action='store_true', help='train the seeds of each method and fraction as one sweep '
+                      '(one compiled program) instead of one run after another')
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
@@ -97,13 +112,26 @@ def main() -> int:
     parser.error('--pretraining_from gives ssmae and supervised runs a copied stage; mae_pretrain and finetune rows '
                  'have none (they set config.pretrain_steps=0): launch them without it')
 
-  for method, fraction, seed in runs(methods, fractions, seeds):
-    wd = workdir(args.root, args.dataset, method, fraction, seed, args.tag)
-    if (fileio.path(wd) / 'results.json').exists():
+  groups = ([(method, fraction, seeds) for method, fraction, _ in runs(methods, fractions, seeds[:1])] if args.sweep
+            else [(method, fraction, [seed]) for method, fraction, seed in runs(methods, fractions, seeds)])
+  for method, fraction, group in groups:
+    if args.sweep:
+      wd = sweep_dir(args.root, args.dataset, method, fraction, group, args.tag)
+      done = fileio.path(wd) / 'sweep.json'
+      stages = [(run_name(s), '/'.join([wd, 'runs', run_name(s), PRETRAIN_DIR])) for s in group]
+    else:
+      wd = workdir(args.root, args.dataset, method, fraction, group[0], args.tag)
+      done = fileio.path(wd) / 'results.json'
+      stages = [(None, '/'.join([wd, PRETRAIN_DIR]))]
+    if done.exists():
       continue
-    stage = '/'.join([wd, PRETRAIN_DIR])
-    if args.pretraining_from and not (fileio.path(stage) / 'results.json').exists():
-      source = '/'.join([workdir(args.root, args.dataset, args.pretraining_from, fraction, seed), PRETRAIN_DIR])
+    for name, stage in stages if args.pretraining_from else []:
+      if (fileio.path(stage) / 'results.json').exists():
+        continue
+      seed = group[[run_name(s) for s in group].index(name)] if name else group[0]
+      source = '/'.join([sweep_dir(args.root, args.dataset, args.pretraining_from, fraction, group) + '/runs/' + name
+                         if name else workdir(args.root, args.dataset, args.pretraining_from, fraction, seed),
+                         PRETRAIN_DIR])
       if source != stage:
         if not args.dry_run and not (fileio.path(source) / 'results.json').exists():
           print(f'run_table.py: error: --pretraining_from={args.pretraining_from}: {source} is not a finished '
@@ -114,8 +142,12 @@ def main() -> int:
         if not args.dry_run:
           copy_stage(source, stage)
     command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
-               f'--config.method={method}', f'--config.dataset={args.dataset}', f'--config.seed={seed}',
-               f'--config.split_seed={seed}']
+               f'--config.method={method}', f'--config.dataset={args.dataset}']
+    if args.sweep:
+      values = '(' + ','.join(map(str, group)) + ',)'
+      command += [f'--config.sweep.seed={values}', f'--config.sweep.split_seed={values}', '--config.sweep_zip=True']
+    else:
+      command += [f'--config.seed={group[0]}', f'--config.split_seed={group[0]}']
     if fraction is not None:
       command.append(f'--config.label_fraction={fraction}')
     record = registry.methods.get(method)
@@ -123,8 +155,10 @@ def main() -> int:
     if not record.classifies or record.needs_init_from:
       command.append('--config.pretrain_steps=0')
     if record.needs_init_from:  # The paper's fine-tuning recipe; arguments after -- still override it.
-      command += [f'--config.init_from={workdir(args.root, args.dataset, "mae_pretrain", None, seed, args.tag)}',
-                  '--config.labeled_batch_size=32', '--config.num_epochs=100', '--config.optimizer.schedule=cosine']
+      source = (sweep_dir(args.root, args.dataset, 'mae_pretrain', None, group, args.tag) if args.sweep else
+                workdir(args.root, args.dataset, 'mae_pretrain', None, group[0], args.tag))
+      command += [f'--config.init_from={source}', '--config.labeled_batch_size=32', '--config.num_epochs=100',
+                  '--config.optimizer.schedule=cosine']
     command += extra
     print('+ ' + ' '.join(command), flush=True)
     if not args.dry_run:

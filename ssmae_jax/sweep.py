@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssmae_jax import fields as fields_lib
+from ssmae_jax import fields as fields_lib, fileio
 from ssmae_jax.errors import UserError
 
 RUN_AXIS = 'sweep'  # The vmapped axis's name, for `agree`'s collective.
@@ -31,7 +31,8 @@ _ZERO_TURNS_OFF = ('rec_weight', 'cls_weight', 'teacher_ema', 'optimizer.grad_cl
 
 
 def axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """config.sweep as dotted field name -> its values, in the config's order; {} when nothing is swept."""
+  """config.sweep as dotted field name -> its values, in alphabetical order (a ConfigDict's); {} when nothing is
+  swept."""
   out = {}
 
   def walk(node, prefix):
@@ -72,6 +73,11 @@ def check(config: ml_collections.ConfigDict, specs: dict[str, fields_lib.Spec]) 
     if name.startswith(_ZERO_TURNS_OFF) and len({v == 0 for v in values}) > 1:
       raise UserError(f'config.sweep.{name}={tuple(values)} mixes 0 with other values: 0 removes that part of the '
                       'step, so those runs need another program. Sweep the non-zero values, and run 0 apart.')
+  lengths = {len(v) for v in axes(config).values() if isinstance(v, (tuple, list))}
+  if config.get('sweep_zip') and len(lengths) > 1:
+    raise UserError(f'config.sweep_zip=True pairs the swept values in order, but config.sweep holds tuples of lengths '
+                    f'{sorted(lengths)}: give every swept field as many values, or set sweep_zip=False for their '
+                    'product.')
   if is_sweep(config) and jax.process_count() > 1:
     raise UserError('config.sweep runs in one process: on several hosts, give each host its own sweep (e.g. one '
                     'seed each) or run without --distributed.')
@@ -85,7 +91,7 @@ def unsweepable(name: str, specs: dict[str, fields_lib.Spec]) -> str:
 
 
 def run_name(values: dict[str, Any]) -> str:
-  """A run's folder name: 'seed=0,tau=0.9' (the swept fields and this run's values, in the sweep's order)."""
+  """A run's folder name: 'seed=0,tau=0.9' (the swept fields, alphabetically, and this run's values)."""
   return ','.join(f'{name}={_text(v)}' for name, v in values.items())
 
 
@@ -93,12 +99,22 @@ def _text(v) -> str:
   return repr(v) if isinstance(v, float) else str(v)
 
 
+def combinations(config: ml_collections.ConfigDict) -> list[tuple]:
+  """Each run's values of the swept fields (`axes`' order): their product, the first field slowest, or with
+  config.sweep_zip the i-th value of each."""
+  ax = axes(config)
+  if config.get('sweep_zip'):
+    return list(zip(*ax.values()))
+  return list(itertools.product(*ax.values()))
+
+
 def runs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
-  """(name, config) of each run: the product of the swept values, the first field slowest. A run's config is the
-  sweep's with its values set and nothing swept: the config a lone run of it would have."""
+  """(name, config) of each run (`combinations`). A run's config is the sweep's with its values set and nothing
+  swept: the config a lone run of it would have. Where config.init_from is a sweep's workdir, a run starts from the
+  run of that sweep with its name (e.g. fine-tuning each seed from its own pre-training)."""
   ax = axes(config)
   out = []
-  for combo in itertools.product(*ax.values()):
+  for combo in combinations(config):
     values = dict(zip(ax, combo))
     run = config.copy_and_resolve_references()
     with run.unlocked():
@@ -109,7 +125,11 @@ def runs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.Co
           node = node[key]
         node[leaf] = float(value) if isinstance(node[leaf], float) else value
       run.sweep = ml_collections.ConfigDict()
-    out.append((run_name(values), run))
+      run.sweep_zip = False
+      name = run_name(values)
+      if run.init_from and (fileio.path(run.init_from) / RUNS_DIR / name).is_dir():
+        run.init_from = str(fileio.path(run.init_from) / RUNS_DIR / name)
+    out.append((name, run))
   return out
 
 
@@ -117,7 +137,7 @@ def traced_values(config: ml_collections.ConfigDict, specs: dict[str, fields_lib
   """The swept numbers, one array per field with one element per run (the runs' order): what the vmapped step reads
   in place of the config's value. Seeds are uint32 (they reach 2**32 - 1)."""
   ax = axes(config)
-  combos = list(itertools.product(*ax.values()))
+  combos = combinations(config)
   out = {}
   for i, name in enumerate(ax):
     column = [c[i] for c in combos]

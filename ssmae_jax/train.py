@@ -147,15 +147,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict] 
     configuration.validate(config)  # A mistake in the run's config must not wait for the pre-training to end.
     experiment_lib.prepare_workdir(fileio.path(workdir), config, record=jax.process_index() == 0)
     pretrain_dir = fileio.path(workdir) / experiment_lib.PRETRAIN_DIR
-    if not (pretrain_dir / (sweep_train.RESULTS if is_sweep else 'results.json')).exists():
+    stages = (sweep_train.run_dirs(workdir, [name for name, _ in sweep.runs(config)], experiment_lib.PRETRAIN_DIR)
+              if is_sweep else [pretrain_dir])
+    if not all((stage / 'results.json').exists() for stage in stages):
       if jax.process_index() == 0:
         print(f'Pre-training (config.pretrain_steps={config.pretrain_steps}, method mae_pretrain) in {pretrain_dir}; '
               f'then {config.method} starts from it.', flush=True)
       pre = experiment_lib.pretraining_config(config)
       if is_sweep:  # Each run's stage in its own folder, WORKDIR/runs/<run>/pretrain, as a lone run's.
-        names = [name for name, _ in sweep.runs(pre)]
-        done = sweep_train.train_and_evaluate(pre, str(pretrain_dir), dirs=sweep_train.run_dirs(
-            workdir, names, experiment_lib.PRETRAIN_DIR))[1]
+        done = sweep_train.train_and_evaluate(pre, str(pretrain_dir), dirs=stages)[1]
       else:
         done = train_and_evaluate(pre, str(pretrain_dir))[1]
       if done is None:

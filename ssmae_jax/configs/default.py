@@ -178,3 +178,6 @@ def _run(c: ml_collections.ConfigDict) -> None:
   # their product, each in WORKDIR/runs/<field=value,...>/. Only fields declared with sweep=True (they change numbers,
   # not shapes or the program): e.g. c.sweep.seed = (0, 1, 2, 3), or --config.sweep.tau='(0.9,0.95)'.
   c.sweep = Sweep()
+  # True: run i takes the i-th value of every swept field (tuples of one length: seed and split_seed together), not
+  # their product.
+  c.sweep_zip = Bool(False)
