@@ -323,7 +323,7 @@ def finish(sw: Sweep, state, logs: list[RunLog], reports: list, clock: run_outpu
     fileio.write_json(sw.workdir / RESULTS, dict(
         runs={name: {k: r[k] for k in _TABLE_KEYS} for name, r in zip(sw.names, all_results)},
         wall_seconds=clock.seconds(), command_wall_seconds=runtime.command_wall_seconds()), indent=2)
-  _print(f'Done: {len(sw.runs)} runs in {run_output.fmt_time(clock.seconds())}; each in {sw.workdir}/runs/<run>/.')
+  _print(f'Done: {len(sw.runs)} runs in {run_output.fmt_time(clock.seconds())}; each in {run_folders(sw)}.')
   return state, all_results
 
 
@@ -350,12 +350,17 @@ def results_table(sw: Sweep, all_results: list[dict]) -> str:
   return '\n'.join(rows)
 
 
+def run_folders(sw: Sweep) -> str:
+  """Where the runs' folders are, e.g. '/tmp/sw/runs/<run>/'."""
+  return str(sw.first.workdir).replace(sw.names[0], '<run>') + '/'
+
+
 def start_line(sw: Sweep, start_step: int) -> str:
   first = sw.first
   ax = ' x '.join(f'{k} {tuple(v)}' for k, v in sweep.axes(sw.config).items())
   resumed = f'Resuming from step {start_step}. ' if start_step else ''
   return (f'{resumed}Sweep of {len(sw.runs)} runs ({ax}) as one program on a {sw.mesh.shape["runs"]} x '
-          f'{sw.mesh.shape["data"]} (runs x data) mesh; each run in {sw.workdir}/{sweep.RUNS_DIR}/<run>/. Each run: '
+          f'{sw.mesh.shape["data"]} (runs x data) mesh; each run in {run_folders(sw)}. Each run: '
           + run_output.start_line(first.method, first.total_steps, first.num_epochs, first.steps_per_epoch,
                                   (len(first.splits.labeled_idx), len(first.splits.val_idx), first.pool_size),
                                   jax.device_count()))

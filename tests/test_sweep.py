@@ -268,3 +268,17 @@ def test_the_table_launcher_trains_each_methods_seeds_as_one_sweep(env, tmp_path
     assert results['config']['init_from'] == str(pretrain / 'runs' / f'seed={seed},split_seed={seed}')
     assert results['initialization']['seed'] == seed
   assert '| cifar10 | finetune |' in done.stdout  # The report reads the sweeps' runs.
+
+
+@needs_cifar10
+def test_a_sweep_pre_trains_as_a_sweep_each_run_in_its_own_folder(env, tmp_path):
+  config = small_config(None, **{**OVERRIDES, 'num_steps': 2, 'pretrain_steps': 2})
+  config.sweep.seed = (0, 1)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+    results, out = _quiet(train.train, config, str(tmp_path))
+  assert out.count('Sweep of 2 runs') == 2  # The stage, then the runs.
+  for seed, r in zip((0, 1), results):
+    stage = tmp_path / 'runs' / f'seed={seed}' / 'pretrain'
+    assert _results(stage)['method'] == 'mae_pretrain' and _results(stage)['seed'] == seed
+    assert r['pretraining']['steps'] == 2 and r['seed'] == seed  # Counted with the run, as a lone run's stage.
