@@ -83,6 +83,52 @@ def copy_stage(source: str, target: str) -> None:
     file.copy(destination, overwrite=True)
 
 
+def copy_stages(args, fraction: float, group: list[int], stages: list[tuple[str | None, str]]) -> bool:
+  """--pretraining_from: copies each (run name or None, stage folder) its finished stage from ROW's run of the same
+  fraction and seed; False (after an error line) where ROW's stage is not finished."""
+  for name, stage in stages:
+    if (fileio.path(stage) / 'results.json').exists():
+      continue
+    seed = group[[run_name(s) for s in group].index(name)] if name else group[0]
+    source = '/'.join([sweep_dir(args.root, args.dataset, args.pretraining_from, fraction, group) + '/runs/' + name
+                       if name else workdir(args.root, args.dataset, args.pretraining_from, fraction, seed),
+                       PRETRAIN_DIR])
+    if source == stage:
+      continue
+    if not args.dry_run and not (fileio.path(source) / 'results.json').exists():
+      print(f'run_table.py: error: --pretraining_from={args.pretraining_from}: {source} is not a finished '
+            'pre-training stage (no results.json): run that row first (list it earlier in --methods), or drop '
+            '--pretraining_from.', file=sys.stderr)
+      return False
+    print(f'+ copy {source} {stage}', flush=True)
+    if not args.dry_run:
+      copy_stage(source, stage)
+  return True
+
+
+def launch_command(args, method: str, fraction: float | None, group: list[int], wd: str) -> list[str]:
+  """main.py's command for `method` at `fraction`: one run of seed group[0], or with --sweep a sweep of `group`."""
+  command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
+             f'--config.method={method}', f'--config.dataset={args.dataset}']
+  if args.sweep:
+    values = '(' + ','.join(map(str, group)) + ',)'
+    command += [f'--config.sweep.seed={values}', f'--config.sweep.split_seed={values}', '--config.sweep_zip=True']
+  else:
+    command += [f'--config.seed={group[0]}', f'--config.split_seed={group[0]}']
+  if fraction is not None:
+    command.append(f'--config.label_fraction={fraction}')
+  record = registry.methods.get(method)
+  # The paper's two stages, as separate runs: no stage of their own.
+  if not record.classifies or record.needs_init_from:
+    command.append('--config.pretrain_steps=0')
+  if record.needs_init_from:  # The paper's fine-tuning recipe; arguments after -- still override it.
+    source = (sweep_dir(args.root, args.dataset, 'mae_pretrain', None, group, args.tag) if args.sweep else
+              workdir(args.root, args.dataset, 'mae_pretrain', None, group[0], args.tag))
+    command += [f'--config.init_from={source}', '--config.labeled_batch_size=32', '--config.num_epochs=100',
+                '--config.optimizer.schedule=cosine']
+  return command
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True)
@@ -125,41 +171,9 @@ def main() -> int:
       stages = [(None, '/'.join([wd, PRETRAIN_DIR]))]
     if done.exists():
       continue
-    for name, stage in stages if args.pretraining_from else []:
-      if (fileio.path(stage) / 'results.json').exists():
-        continue
-      seed = group[[run_name(s) for s in group].index(name)] if name else group[0]
-      source = '/'.join([sweep_dir(args.root, args.dataset, args.pretraining_from, fraction, group) + '/runs/' + name
-                         if name else workdir(args.root, args.dataset, args.pretraining_from, fraction, seed),
-                         PRETRAIN_DIR])
-      if source != stage:
-        if not args.dry_run and not (fileio.path(source) / 'results.json').exists():
-          print(f'run_table.py: error: --pretraining_from={args.pretraining_from}: {source} is not a finished '
-                'pre-training stage (no results.json): run that row first (list it earlier in --methods), or drop '
-                '--pretraining_from.', file=sys.stderr)
-          return 2
-        print(f'+ copy {source} {stage}', flush=True)
-        if not args.dry_run:
-          copy_stage(source, stage)
-    command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={args.config}', f'--workdir={wd}',
-               f'--config.method={method}', f'--config.dataset={args.dataset}']
-    if args.sweep:
-      values = '(' + ','.join(map(str, group)) + ',)'
-      command += [f'--config.sweep.seed={values}', f'--config.sweep.split_seed={values}', '--config.sweep_zip=True']
-    else:
-      command += [f'--config.seed={group[0]}', f'--config.split_seed={group[0]}']
-    if fraction is not None:
-      command.append(f'--config.label_fraction={fraction}')
-    record = registry.methods.get(method)
-    # The paper's two stages, as separate runs: no stage of their own.
-    if not record.classifies or record.needs_init_from:
-      command.append('--config.pretrain_steps=0')
-    if record.needs_init_from:  # The paper's fine-tuning recipe; arguments after -- still override it.
-      source = (sweep_dir(args.root, args.dataset, 'mae_pretrain', None, group, args.tag) if args.sweep else
-                workdir(args.root, args.dataset, 'mae_pretrain', None, group[0], args.tag))
-      command += [f'--config.init_from={source}', '--config.labeled_batch_size=32', '--config.num_epochs=100',
-                  '--config.optimizer.schedule=cosine']
-    command += extra
+    if args.pretraining_from and not copy_stages(args, fraction, group, stages):
+      return 2
+    command = launch_command(args, method, fraction, group, wd) + extra
     print('+ ' + ' '.join(command), flush=True)
     if not args.dry_run:
       subprocess.run(command, check=True)
