@@ -4,6 +4,11 @@ libtpu (the `tpu-compile` extra) describes a named slice's devices without the h
 mesh of them compile for that TPU ahead of time, and XLA reports their memory and its cost model's FLOPs and bytes.
 No data is read: the batches are shapes, the dataset's size comes from its TFDS metadata. What a step would cost on
 the slice is a roofline from the chip's peak figures, an estimate, not a measurement.
+
+A sweep (config.sweep) compiles what sweep_train.py runs: each stage's step vmapped over its R runs (the stacked
+state, each run's batch [R, B, ...], the swept values [R]) on a ('runs', 'data') mesh of the slice's devices, the
+runs over gcd(R, devices) of them as sweep_train.make_mesh splits them; and the lone eval step (a sweep evaluates run
+by run) beside the stacked state.
 """
 
 import collections
@@ -174,18 +179,21 @@ class Program:
   jitted: object
   args: tuple  # Shapes.
   # Bytes of the train state that stay on every device while it runs and are not its arguments: eval's (all but the
-  # parameters); 0 for a train step, whose arguments are the state.
+  # parameters; in a sweep the device's share of the stacked state); 0 for a train step, whose arguments are the state.
   resident_bytes: int
+  batch_axis: int = 0  # The axis of the batch's examples: 1 in a sweep's train step ([runs, B, ...]).
+  batch_devices: int = 0  # The devices they split over; 0: all of the slice's.
 
 
 def programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   """The programs a run of `config` compiles: each stage's train step, then the eval step. The one place that
   builds them from the library's parts, imported here: the rest of this module also serves main.py's and the tests'
   start-up, before TensorFlow and the library load."""
-  from ssmae_jax import evaluation, experiment, methods, models
+  from ssmae_jax import evaluation, experiment, methods, models, sweep
+  if sweep.is_sweep(config):
+    return sweep_programs(config, shape, mesh)
   model = models.from_config(config, shape.num_classes, backend='tpu')
-  stages = ([('pretrain', experiment.pretraining_config(config))] if config.pretrain_steps else []) + [
-      ('train', config)]
+  stages = _stages(config)
   out = []
   for name, stage in stages:
     tx = experiment.make_optimizer(stage, total_steps(stage, shape))
@@ -195,6 +203,48 @@ def programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
     out.append(Program(name, stage, step, (state, _batch(stage, shape, method)), 0))
   out.append(Program('eval', config, evaluation.make_eval_step(model, config, mesh),
                      (state.params, _eval_batch(config, shape)), _nbytes(state) - _nbytes(state.params)))
+  return out
+
+
+def _stages(config) -> list[tuple[str, object]]:
+  from ssmae_jax import experiment
+  return ([('pretrain', experiment.pretraining_config(config))] if config.pretrain_steps else []) + [
+      ('train', config)]
+
+
+def sweep_mesh(num_runs: int, devices) -> Mesh:
+  """sweep_train.make_mesh's split on `devices` (a slice's, not this machine's): the runs over gcd(runs, devices) of
+  them, each run's batch over the others."""
+  devices = np.asarray(devices).reshape(-1)
+  runs_axis = math.gcd(num_runs, devices.size)
+  return Mesh(devices.reshape(runs_axis, devices.size // runs_axis), ('runs', 'data'))
+
+
+def sweep_programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
+  """`programs` of a sweep over `mesh`'s devices (module docstring): each stage's vmapped train step of its R runs,
+  then the lone eval step of one run's parameters, the stacked state resident beside it."""
+  from ssmae_jax import configuration, evaluation, experiment, methods, models, sweep, sweep_train
+  out = []
+  for name, stage in _stages(config):
+    run = sweep.runs(stage)[0][1]  # The template: the first run's config; the others differ in `values` only.
+    num_runs = len(sweep.runs(stage))
+    runs_mesh = sweep_mesh(num_runs, mesh.devices)
+    model = models.from_config(run, shape.num_classes, backend='tpu')
+    steps = total_steps(run, shape)
+    tx = experiment.make_optimizer(run, steps)
+    method = methods.get(run.method)
+    state = jax.eval_shape(jax.vmap(lambda seed: experiment.initial_state(model, tx, run, shape.pool_size, seed)),
+                           jax.ShapeDtypeStruct((num_runs,), np.uint32))
+    batch = {k: jax.ShapeDtypeStruct((num_runs, *x.shape), x.dtype) for k, x in _batch(run, shape, method).items()}
+    values = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+              for k, v in sweep.traced_values(stage, configuration.declarations()).items()}
+    step = sweep_train.vmapped_step(method, model, run, steps, runs_mesh)
+    out.append(Program(name, stage, step, (state, batch, values), 0, batch_axis=1,
+                       batch_devices=runs_mesh.shape['data']))
+  # One run's parameters, sliced off the stacked state (a copy): all of the stacked state stays, split over 'runs'.
+  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.params)
+  out.append(Program('eval', config, evaluation.make_eval_step(model, run, mesh), (params, _eval_batch(config, shape)),
+                     _nbytes(state) // runs_mesh.shape['runs']))
   return out
 
 
@@ -274,6 +324,15 @@ def batch_lines(config, topology: str, n: int) -> list[str]:
   return lines
 
 
+def sweep_batch_lines(config, num_runs: int, n: int) -> list[str]:
+  """Why a sweep's per-run batches do not split over the devices each run gets (n / gcd(runs, n)), and what would."""
+  data = n // math.gcd(num_runs, n)
+  return [f'config.{name}={config[name]} does not divide by the {data} devices each run of this sweep of {num_runs} '
+          f'runs gets (the runs split over gcd({num_runs}, {n}) = {n // data} of the {n}): make it a multiple of '
+          f'{data}, or sweep a multiple of {n // math.gcd(config[name], n)} runs.'
+          for name in BATCHES[:2] if config[name] % data]
+
+
 def compile_config(config, topology: str) -> dict:
   """Compiles the run of `config` for the slice `topology` names: the report `format_report` prints."""
   tpu, devices = slice_devices(topology)
@@ -284,15 +343,22 @@ def compile_config(config, topology: str) -> dict:
   n = len(devices)
   per_chip = n // len({tuple(d.coords) for d in devices})  # 2 on v4 / v5p without megacore: one per TensorCore.
   shape = data_shape(config)
+  from ssmae_jax import sweep
+  num_runs = len(sweep.runs(config)) if sweep.is_sweep(config) else 1
+  runs_mesh = dict(sweep_mesh(num_runs, devices).shape) if sweep.is_sweep(config) else None
   report = dict(topology=topology, libtpu_topology=tpu.topology, libtpu_options=tpu.options, chip=chip.name,
                 devices=n, hosts=len({d.process_index for d in devices}), devices_per_chip=per_chip,
                 hbm_bytes_per_chip=chip.hbm_bytes, peak_flops_per_chip=chip.bf16_flops,
                 hbm_bandwidth_per_chip=chip.hbm_bandwidth, model_dtype=config.model.dtype, programs={},
-                out_of_memory={}, not_compiled=[])
+                out_of_memory={}, not_compiled=[], runs=num_runs, sweep=sweep.axes(config) or None,
+                runs_mesh=runs_mesh)
   report['batch_errors'] = batch_lines(config, topology, n) if topology in SLICES else [
       f'config.{b}={config[b]} does not divide by the {n} devices.' for b in BATCHES if config[b] % n]
+  if runs_mesh:  # The train batches split over each run's devices; evaluation, one run at a time, over all of them.
+    report['batch_errors'] = sweep_batch_lines(config, num_runs, n) + [
+        line for line in report['batch_errors'] if line.startswith('config.eval_batch_size')]
   for program in programs(config, shape, mesh=Mesh(np.asarray(devices), ('data',))):
-    if any(x.shape[0] % n for x in jax.tree.leaves(program.args[1])):
+    if any(x.shape[program.batch_axis] % (program.batch_devices or n) for x in jax.tree.leaves(program.args[1])):
       report['not_compiled'].append(program.name)  # Refused by the run too (batch_errors says what would split).
       continue
     try:
@@ -322,6 +388,8 @@ def summarize(report: dict) -> dict:
       peak_bytes_per_chip=None if report['out_of_memory'] else peak,
       flops_per_step=train.get('flops_per_step'), bytes_per_step=train.get('bytes_accessed', 0) * report['devices'],
       roofline_step_ms=train.get('roofline_step_ms'), compute_dtype=train.get('compute_dtype'),
+      # A sweep's step trains every run: what one run's step costs of it.
+      roofline_run_step_ms=train['roofline_step_ms'] / report.get('runs', 1) if train else None,
       compile_seconds=sum(p['compile_seconds'] for p in compiled.values()),
       estimated_hours=sum(p['steps'] * p['roofline_step_ms'] for p in compiled.values() if 'steps' in p) / 3.6e6)
   report['checks'] = checks(report)
@@ -332,8 +400,11 @@ def checks(report: dict) -> list[dict]:
   """What would fail on the slice: each {'check', 'ok', 'line'}."""
   compiled = report['programs']
   out = [dict(check='fits', ok=report['fits'], line=_fits_line(report))]
+  mesh = report.get('runs_mesh')
   out += [dict(check='batch', ok=False, line=line) for line in report['batch_errors']] or [
-      dict(check='batch', ok=True, line=f'batches: every global batch splits over the {report["devices"]} devices')]
+      dict(check='batch', ok=True, line=f'batches: every global batch splits over the {report["devices"]} devices'
+           if not mesh else f'batches: each run\'s train batches split over its {mesh["data"]} device'
+           f'{"s" * (mesh["data"] > 1)}, evaluation\'s over the {report["devices"]}')]
   f64 = [k for k, p in compiled.items() if p['f64']]
   out.append(dict(check='f64', ok=not f64, line=f'f64 in {", ".join(f64)}: TPUs emulate it, slowly (is '
                   'jax_enable_x64 on?)' if f64 else 'no f64 in the compiled programs'))
@@ -385,9 +456,17 @@ def format_report(report: dict, config_name: str) -> list[str]:
             if 'steps' in p]
   lines.append('Peak: per chip, the program\'s buffers (eval: with the train state it leaves resident). GFLOP and GB: '
                'per step, all devices. Roofline: per step, max(FLOPs / peak FLOP/s, bytes / HBM bandwidth).')
+  if r.get('runs_mesh'):
+    swept = ' x '.join(f'{k} {tuple(v)}' for k, v in r['sweep'].items())
+    per_run = (f': {r["roofline_run_step_ms"]:.3f} ms of roofline per run-step' if r['roofline_run_step_ms']
+               is not None else '')
+    lines.append(f'Sweep of {r["runs"]} runs ({swept}) as one program on a {r["runs_mesh"]["runs"]} x '
+                 f'{r["runs_mesh"]["data"]} (runs x data) mesh: each train step trains every run{per_run}; eval runs '
+                 'one run at a time over every device.')
   if stages:
-    lines.append(f'Run: {" + ".join(stages)} = {r["estimated_hours"]:.2f} h of train steps by roofline (XLA\'s cost '
-                 'model: an estimate, not a measurement; a real step is slower).')
+    runs = f' for all {r["runs"]} runs' if r.get('runs_mesh') else ''
+    lines.append(f'Run: {" + ".join(stages)} = {r["estimated_hours"]:.2f} h of train steps{runs} by roofline (XLA\'s '
+                 'cost model: an estimate, not a measurement; a real step is slower).')
   lines += [f'  {"ok  " if c["ok"] else "FAIL"} {c["line"]}' for c in r['checks']]
   return lines
 

@@ -1,8 +1,9 @@
 """The benchmarks run end to end with --json on a tiny config and report what they promise (no timing asserts).
 
-The three run at once as subprocesses (each one imports, decodes the first CIFAR-10 images (conftest's
-`small_cifar10`) and compiles on its own: overlapping them halves the wall time on two cores); two of them on two
-fake devices. Compiling dominates their cost, so XLA optimises less here: the numbers are not the point.
+They run at once as subprocesses (each one imports, decodes the first CIFAR-10 images (conftest's `small_cifar10`)
+and compiles on its own: overlapping them halves the wall time on two cores); three of them on two fake devices.
+`train_step_runs` is train_step's `--runs` (the vmapped step of a sweep against the lone step). Compiling dominates
+their cost, so XLA optimises less here: the numbers are not the point.
 """
 
 import json
@@ -40,7 +41,11 @@ BENCHMARKS = {
     'epoch': (['--steps', '4', '--warmup', '2'], 2, {
         'total_s', 'startup_s', 'ms_per_step', 'steps_per_s', 'eval_s', 'shutdown_s', 'import_s', 'init_s',
         'steps_per_epoch', 'epoch_s'}),
+    # Two devices: the sweep's 2 runs one on each ('runs' axis 2), the lone step over both.
+    'train_step_runs': (['--runs', '2', '--steps', '2', '--warmup', '1'], 2, {
+        'flops_gate_closed', 'flops_gate_open', 'matmul_gflops', 'matmul_cpu_per_wall', 'num_params'}),
 }
+MODULES = {'train_step_runs': 'train_step'}  # Benchmarks named apart from their module.
 
 
 @pytest.fixture(scope='module')
@@ -53,9 +58,9 @@ def results(tmp_path_factory, small_cifar10):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', TFDS_DATA_DIR=small_cifar10,
                XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
                           f' --xla_force_host_platform_device_count={devices}').strip())
-    procs[name] = subprocess.Popen([sys.executable, '-m', f'benchmarks.{name}', '--json', '--config', str(config),
-                                    *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+    procs[name] = subprocess.Popen([sys.executable, '-m', f'benchmarks.{MODULES.get(name, name)}', '--json',
+                                    '--config', str(config), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
   out = {}
   try:
     for name, proc in procs.items():
@@ -101,3 +106,25 @@ def test_benchmark_numbers_agree_with_each_other(results):
   parts = epoch['startup_s'] + epoch['eval_s'] + epoch['steps'] * epoch['ms_per_step'] / 1e3 + epoch['shutdown_s']
   assert math.isclose(parts, epoch['total_s'], rel_tol=0.01, abs_tol=0.05)
   assert epoch['import_s'] + epoch['init_s'] < epoch['startup_s']
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_train_step_runs_times_the_lone_step_and_a_sweep_of_2_runs_as_one_program(results):
+  result = results['train_step_runs']
+  lone, sweep = result['rows']
+  assert (lone['program'], lone['runs'], sweep['program'], sweep['runs']) == ('lone', 1, 'vmapped', 2)
+  assert sweep['mesh'] == {'runs': 2, 'data': 1}  # sweep_train.make_mesh on 2 devices: one run on each.
+  assert 0 < result['flops_gate_closed'] < result['flops_gate_open']
+  for row in (lone, sweep):
+    assert row['ops'] > 0 and row['compile_s'] > 0
+    for gate in ('gate_closed', 'gate_open'):
+      ms, steps_per_s = row[f'step_ms_{gate}'], row[f'steps_per_s_{gate}']
+      for key in ('step_ms', 'steps_per_s', 'run_steps_per_s', 'ratio', 'gflops_achieved', 'cpu_per_wall'):
+        value = row[f'{key}_{gate}']
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (row['runs'], key, gate)
+      assert math.isclose(steps_per_s, 1e3 / ms, rel_tol=0.01)
+      assert math.isclose(row[f'run_steps_per_s_{gate}'], row['runs'] * steps_per_s, rel_tol=0.01)
+      assert math.isclose(row[f'gflops_achieved_{gate}'], row['runs'] * result[f'flops_{gate}'] / ms / 1e6,
+                          rel_tol=0.02, abs_tol=0.1)
+  assert lone['ratio_gate_closed'] == lone['ratio_gate_open'] == 1.0  # Each lone step against itself.

@@ -191,3 +191,75 @@ def test_a_float32_program_under_auto_dtype_fails_its_check(libtpu, monkeypatch)
   assert not checks['compute_dtype']['ok'] and "'auto' must compute in bf16" in checks['compute_dtype']['line']
   assert checks['fits']['ok'] and checks['fits']['line'].endswith('; eval not compiled')
   assert checks['f64']['ok'] and checks['host_callbacks']['ok']
+
+
+def _tiny(runs: int | None = None):
+  """smoke.py with one encoder block; with `runs`, a sweep over that many seeds."""
+  config = smoke.get_config()
+  config.model.depth = 1
+  if runs:
+    config.sweep.seed = tuple(range(runs))
+  return config
+
+
+TINY_SHAPE = tpu_compile.DataShape(num_classes=10, shipped_size=32, labeled_train=900, pool_size=49900)
+
+
+def test_a_sweep_splits_its_runs_over_gcd_of_runs_and_devices(libtpu):
+  devices = tpu_compile.slice_devices('v4-8')[1]  # 4 devices.
+  meshes = {r: dict(tpu_compile.sweep_mesh(r, devices).shape) for r in (1, 2, 3, 4, 6, 8, 64)}
+  assert meshes == {1: {'runs': 1, 'data': 4}, 2: {'runs': 2, 'data': 2}, 3: {'runs': 1, 'data': 4},
+                    4: {'runs': 4, 'data': 1}, 6: {'runs': 2, 'data': 2}, 8: {'runs': 4, 'data': 1},
+                    64: {'runs': 4, 'data': 1}}
+
+
+def test_a_sweeps_batch_that_does_not_split_over_its_runs_devices_says_what_would():
+  config = smoke.get_config()
+  config.labeled_batch_size = 4  # U=32 splits over 8 devices, L=4 over 4 at most.
+  assert tpu_compile.sweep_batch_lines(config, 1, 8) == [
+      'config.labeled_batch_size=4 does not divide by the 8 devices each run of this sweep of 1 runs gets (the runs '
+      'split over gcd(1, 8) = 1 of the 8): make it a multiple of 8, or sweep a multiple of 2 runs.']
+  assert tpu_compile.sweep_batch_lines(config, 2, 8) == []  # Each run's batches over 4 devices.
+
+
+def test_a_sweep_compiles_the_vmapped_step_of_its_runs_and_the_lone_eval_step(libtpu):
+  """The programs for a v4-8, traced but not compiled (~5 s): the train step's arguments are the lone run's with a
+  leading run axis, plus the swept values; eval takes one run's parameters beside the stacked state."""
+  mesh = Mesh(np.asarray(tpu_compile.slice_devices('v4-8')[1]), ('data',))
+  lone = {p.name: p for p in tpu_compile.programs(_tiny(), TINY_SHAPE, mesh)}
+  swept = {p.name: p for p in tpu_compile.programs(_tiny(3), TINY_SHAPE, mesh)}
+  assert list(swept) == ['train', 'eval']
+  state, batch, values = swept['train'].args
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  unstacked = lambda tree: jax.tree.map(lambda x: (x.shape[1:], x.dtype), tree)
+  assert unstacked(state) == shapes(lone['train'].args[0]) and unstacked(batch) == shapes(lone['train'].args[1])
+  assert all(x.shape[0] == 3 for x in jax.tree.leaves((state, batch)))
+  assert shapes(values) == {'seed': ((3,), np.uint32)}
+  assert tpu_compile._nbytes(swept['train'].args) == 3 * tpu_compile._nbytes(lone['train'].args) + 3 * 4
+  # gcd(3, 4) = 1: the 3 runs on every device, each run's batch over the 4.
+  assert (swept['train'].batch_axis, swept['train'].batch_devices) == (1, 4)
+  assert shapes(swept['eval'].args) == shapes(lone['eval'].args)
+  assert swept['eval'].resident_bytes == tpu_compile._nbytes(state)  # The stacked state, on each device.
+  out_state, metrics = jax.eval_shape(swept['train'].jitted, *swept['train'].args)
+  assert shapes(out_state) == shapes(state) and metrics['loss'].shape == (3,)
+
+
+@pytest.mark.slow  # Compiles two train steps and two eval steps of a one-block model: ~1-2 min here.
+@needs_cifar10
+def test_a_sweep_of_2_runs_compiles_for_a_v5e_1_with_twice_the_arguments(libtpu):
+  procs = [subprocess.Popen([sys.executable, 'main.py', '--mode=compile', '--config=configs/smoke.py',
+                             '--config.model.depth=1', '--topology=v5e-1', '--json', *sweep], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+           for sweep in ([], ['--config.sweep.seed=(0,1)'])]
+  (lone, stderr), (swept, stderr2) = [proc.communicate(timeout=600) for proc in procs]
+  assert procs[0].returncode == procs[1].returncode == 0, stderr[-2000:] + stderr2[-2000:]
+  lone, swept = json.loads(lone), json.loads(swept)
+  assert (lone['runs'], lone['runs_mesh'], swept['runs'], swept['runs_mesh']) == (1, None, 2, {'runs': 1, 'data': 1})
+  assert set(swept['programs']) == {'train', 'eval'} and swept['fits'] and all(c['ok'] for c in swept['checks'])
+  train_bytes = [r['programs']['train']['argument_bytes'] for r in (lone, swept)]
+  assert 1.9 < train_bytes[1] / train_bytes[0] < 2.1, train_bytes  # The stacked state and batches of 2 runs.
+  assert swept['programs']['eval']['argument_bytes'] == lone['programs']['eval']['argument_bytes']  # One run's.
+  assert swept['roofline_run_step_ms'] == swept['roofline_step_ms'] / 2
+  assert any(line.startswith('Sweep of 2 runs (seed (0, 1)) as one program on a 1 x 1 (runs x data) mesh')
+             for line in tpu_compile.format_report(swept, 'smoke.py'))
