@@ -32,18 +32,20 @@ median over rounds of (time of the R-run step) / (R x time of the lone step in t
 beats R runs one after another (issue 27's goal: <= 0.8 at R = 4). The lone step is always timed (every ratio needs
 it); R = 1 in the list also times the vmapped 1-run step, whose ratio is vmap's own overhead. `gflops_achieved_*` =
 R x the method's FLOPs of a step (XLA's count of its work, as `flops_gate_open`; gate closed: L_rec of L + U images,
-L_cls of L) per second, against `matmul_gflops`, what a large matmul reaches on this machine; `ops` counts the
-compiled program's kernels (fusions, dots, convolutions, custom calls; every branch counted).
+L_cls of L) per second, against `matmul_gflops`, what a large matmul reaches on this machine; `cpu_per_wall_*`, the
+cores the process kept busy while the step ran; `ops` counts the compiled program's kernels (fusions, dots,
+convolutions, custom calls; every branch counted).
 
-What limits the speedup on a CPU (measured on this repository's 2-core machine: docs/sweeps_speed.md): little is
-left to batch. The lone cifar10_cpu.py step already computes at about the rate of a large matmul on the same cores
-(`gflops_achieved_*` against `matmul_gflops`): XLA:CPU runs each matmul on both cores, and the step's FLOPs sit in
-matmuls large enough to run near that rate, so per-kernel overhead is a small part of it. The R-run program has the
-same kernels (`ops`), each R times larger, and the same FLOPs per run, so it can only save that small part: the
-ratio stays near 1 at R = 2 and 4, and above 1 at R = 8, where the achieved GF/s falls. The vmapped 1-run step is
-itself slower than the lone step (its batched matmuls transpose the weights and some activations: more `ops` and
-memory traffic for the same FLOPs). On an accelerator, where one run leaves most of the chip idle, the trade differs
-(the TPU roofline table in the same document).
+What limits the speedup on a CPU (measured on this repository's 2-core machine, beside another job:
+docs/sweeps_speed.md): nothing a sweep batches. Every program kept one core busy (`cpu_per_wall_*` ~1.0, like
+`matmul_cpu_per_wall`: with the kernel's autogroup scheduling another session's job holds the other core whatever
+its nice), and the lone cifar10_cpu.py step already computes at ~70% of that core's large-matmul rate
+(`gflops_achieved_*` against `matmul_gflops`). The R-run program has the same kernels (`ops`), each R times larger,
+and the same FLOPs per run; it reaches the lone step's GF/s at R = 2 and 4 (ratio ~1.0) and less at R = 8 (ratio
+1.1-1.4): on one core, batching the runs does not make the arithmetic faster, and there is little else to save. The
+vmapped 1-run step is slower than the lone step (ratio 1.1-1.2; its program has about twice the transposes, of the
+batched matmuls' weights, and more copies: more `ops` for the same FLOPs). On an accelerator, where one run of a
+small config leaves the chip mostly idle, the trade differs (the TPU compile table in the same document).
 """
 
 import os
@@ -160,14 +162,13 @@ def method_flops(model, params, tx, opt_state, config) -> float:
   return float(cost['flops'])
 
 
-def time_steps(compiled, state, batches, warmup: int, *extra):
-  """Runs every batch in order (`compiled(state, batch, *extra)`); returns (state, per-step seconds and page faults
-  after `warmup`, last metrics)."""
+def time_steps(compiled, state, batches, warmup: int):
+  """Runs every batch in order; returns (state, per-step seconds and page faults after `warmup`, last metrics)."""
   times, faults = [], []
   metrics = None
   for i, batch in enumerate(batches):
     start, faults_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    state, metrics = compiled(state, batch, *extra)
+    state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     if i >= warmup:
       times.append(time.perf_counter() - start)
@@ -392,12 +393,13 @@ def sweep_table(result: dict) -> str:
       cells += [f"{r[f'step_ms_{g}']:.0f} ({r[f'step_ms_{g}_min']:.0f})", f"{r[f'steps_per_s_{g}']:.2f}",
                 f"{r[f'run_steps_per_s_{g}']:.2f}", f"{r[f'ratio_{g}']:.2f}"]
     cells += [f"{r['gflops_achieved_gate_closed']:.0f} / {r['gflops_achieved_gate_open']:.0f}",
-              f"{r['cpu_per_wall_gate_closed']:.2f} / {r['cpu_per_wall_gate_open']:.2f}", r['ops'], f"{r['compile_s']:.0f}"]
+              f"{r['cpu_per_wall_gate_closed']:.2f} / {r['cpu_per_wall_gate_open']:.2f}", r['ops'],
+              f"{r['compile_s']:.0f}"]
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None):
+def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default=None,
                       help=f'default configs/bench_vit_t4.py; with --runs {SWEEP_CONFIG}')
@@ -410,15 +412,15 @@ def main(argv: list[str] | None = None):
                       help='do not restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (see the module docstring)')
   parser.add_argument('--unlabeled_cls_rows', type=int, default=8,
                       help='also time the gate-open step with L_cls over this many gathered unlabeled rows (0: not)')
-  args = parser.parse_args(argv)
+  args = parser.parse_args()
   if args.runs:
     config = load_config(args.config or SWEEP_CONFIG)
     result = run_sweeps(config, args.runs, args.steps or 4, 2 if args.warmup is None else args.warmup)
     print(json.dumps(result) if args.json else
-          f"{sweep_table(result)}\nratio: one R-run step / (R x the lone step). Matmul peak "
-          f"{result['matmul_gflops']:.0f} GF/s ({result['matmul_cpu_per_wall']:.2f} cores busy); a run-step is {result['flops_gate_closed'] / 1e9:.2f} GFLOP gate "
-          f"closed, {result['flops_gate_open'] / 1e9:.2f} gate open; medians of {result['steps']} steps; load "
-          f"average {result['load_average']}.")
+          f"{sweep_table(result)}\nratio: one R-run step / (R x the lone step), median of the rounds. Matmul "
+          f"{result['matmul_gflops']:.0f} GF/s ({result['matmul_cpu_per_wall']:.2f} cores busy); a run-step is "
+          f"{result['flops_gate_closed'] / 1e9:.2f} GFLOP gate closed, {result['flops_gate_open'] / 1e9:.2f} gate "
+          f"open; medians of {result['steps']} steps; load average {result['load_average']}.")
     return
   config = load_config(args.config or 'configs/bench_vit_t4.py')
   if args.unlabeled_cls_rows >= config.unlabeled_batch_size:

@@ -226,8 +226,8 @@ def sweep_programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   from ssmae_jax import configuration, evaluation, experiment, methods, models, sweep, sweep_train
   out = []
   for name, stage in _stages(config):
-    run = sweep.runs(stage)[0][1]  # The template: the first run's config; the others differ in `values` only.
-    num_runs = len(sweep.runs(stage))
+    runs = sweep.runs(stage)
+    run, num_runs = runs[0][1], len(runs)  # The template, the first run's config: the others differ in `values`.
     runs_mesh = sweep_mesh(num_runs, mesh.devices)
     model = models.from_config(run, shape.num_classes, backend='tpu')
     steps = total_steps(run, shape)
@@ -334,7 +334,9 @@ def sweep_batch_lines(config, num_runs: int, n: int) -> list[str]:
 
 
 def compile_config(config, topology: str) -> dict:
-  """Compiles the run of `config` for the slice `topology` names: the report `format_report` prints."""
+  """Compiles the run of `config` (or its sweep's runs) for the slice `topology` names: the report `format_report`
+  prints."""
+  from ssmae_jax import sweep
   tpu, devices = slice_devices(topology)
   if devices[0].device_kind not in CHIPS:
     raise UserError(f'--topology={topology} is a {devices[0].device_kind}, whose peak figures this does not know: '
@@ -343,7 +345,6 @@ def compile_config(config, topology: str) -> dict:
   n = len(devices)
   per_chip = n // len({tuple(d.coords) for d in devices})  # 2 on v4 / v5p without megacore: one per TensorCore.
   shape = data_shape(config)
-  from ssmae_jax import sweep
   num_runs = len(sweep.runs(config)) if sweep.is_sweep(config) else 1
   runs_mesh = dict(sweep_mesh(num_runs, devices).shape) if sweep.is_sweep(config) else None
   report = dict(topology=topology, libtpu_topology=tpu.topology, libtpu_options=tpu.options, chip=chip.name,
