@@ -227,21 +227,21 @@ def test_a_sweep_compiles_the_vmapped_step_of_its_runs_and_the_lone_eval_step(li
   leading run axis, plus the swept values; eval takes one run's parameters beside the stacked state."""
   mesh = Mesh(np.asarray(tpu_compile.slice_devices('v4-8')[1]), ('data',))
   lone = {p.name: p for p in tpu_compile.programs(_tiny(), TINY_SHAPE, mesh)}
-  swept = {p.name: p for p in tpu_compile.programs(_tiny(3), TINY_SHAPE, mesh)}
+  swept = {p.name: p for p in tpu_compile.programs(_tiny(2), TINY_SHAPE, mesh)}
   assert list(swept) == ['train', 'eval']
   state, batch, values = swept['train'].args
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   unstacked = lambda tree: jax.tree.map(lambda x: (x.shape[1:], x.dtype), tree)
   assert unstacked(state) == shapes(lone['train'].args[0]) and unstacked(batch) == shapes(lone['train'].args[1])
-  assert all(x.shape[0] == 3 for x in jax.tree.leaves((state, batch)))
-  assert shapes(values) == {'seed': ((3,), np.uint32)}
-  assert tpu_compile._nbytes(swept['train'].args) == 3 * tpu_compile._nbytes(lone['train'].args) + 3 * 4
-  # gcd(3, 4) = 1: the 3 runs on every device, each run's batch over the 4.
-  assert (swept['train'].batch_axis, swept['train'].batch_devices) == (1, 4)
+  assert all(x.shape[0] == 2 for x in jax.tree.leaves((state, batch)))
+  assert shapes(values) == {'seed': ((2,), np.uint32)}
+  assert tpu_compile._nbytes(swept['train'].args) == 2 * tpu_compile._nbytes(lone['train'].args) + 2 * 4
+  # A 2 x 2 (runs x data) mesh: each run's batch over 2 of the 4 devices, each device holding one run's state.
+  assert (swept['train'].batch_axis, swept['train'].batch_devices) == (1, 2)
   assert shapes(swept['eval'].args) == shapes(lone['eval'].args)
-  assert swept['eval'].resident_bytes == tpu_compile._nbytes(state)  # The stacked state, on each device.
+  assert swept['eval'].resident_bytes == tpu_compile._nbytes(state) // 2
   out_state, metrics = jax.eval_shape(swept['train'].jitted, *swept['train'].args)
-  assert shapes(out_state) == shapes(state) and metrics['loss'].shape == (3,)
+  assert shapes(out_state) == shapes(state) and metrics['loss'].shape == (2,)
 
 
 @pytest.mark.slow  # Compiles two train steps and two eval steps of a one-block model: ~1-2 min here.
