@@ -56,6 +56,8 @@ class Sweep:
 def make_mesh(num_runs: int, config) -> Mesh:
   """Runs over gcd(runs, devices) devices, each run's batch over the others; batch sizes must split over those."""
   devices = np.asarray(jax.devices())
+  # Evaluation is run by run over every device (sharding.make_mesh), as a lone run's.
+  sharding.check_divisible('config.eval_batch_size', config.eval_batch_size, sharding.make_mesh())
   runs_axis = math.gcd(num_runs, devices.size)
   mesh = Mesh(devices.reshape(runs_axis, devices.size // runs_axis), ('runs', 'data'))
   for name in ('labeled_batch_size', 'unlabeled_batch_size'):
