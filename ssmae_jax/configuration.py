@@ -88,6 +88,9 @@ def _check_rules(config: ml_collections.ConfigDict) -> None:
   if method.needs_init_from and not (config.init_from or config.pretrain_steps):
     raise UserError(f'config.method={config.method} needs config.init_from (the workdir of the run to start from, '
                     'e.g. an mae_pretrain run) or config.pretrain_steps (pre-train in this run first).')
+  if config.class_tau_drop > config.tau:
+    raise UserError(f'config.class_tau_drop={config.class_tau_drop} is more than config.tau={config.tau}: a class\'s '
+                    'threshold would fall below 0 and take every prediction; use a drop of at most tau.')
   m = config.model
   if config.image_size % m.patch_size:
     raise UserError(f'config.image_size={config.image_size} is not divisible by config.model.patch_size='

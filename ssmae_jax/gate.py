@@ -55,7 +55,25 @@ def decide(state, config, stats: dict, mesh) -> tuple[object, bool]:
   return state.replace(gate_open=jax.device_put(np.bool_(is_open), sharding.replicated(mesh))), is_open
 
 
-def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, *, tau: float,
+def class_thresholds(pool_memory: jax.Array, num_classes: int, tau, drop) -> jax.Array:
+  """config.class_tau_drop's threshold per class, float32 [C] (not in the paper; FlexMatch's idea, bounded):
+  tau - drop * (1 - n_c / max_c n_c), where n_c counts the memory's pseudo-labels of class c. The class the memory
+  holds most of keeps tau, a class it holds none of gets tau - drop; with the memory empty every class keeps tau.
+
+  `pool_memory`: int32 [N], the whole pool's stored pseudo-labels, -1 for none."""
+  counts = jnp.sum(pool_memory[:, None] == jnp.arange(num_classes, dtype=pool_memory.dtype), axis=0)
+  most = jnp.max(counts)
+  share = jnp.where(most > 0, counts / jnp.maximum(most, 1), 1.0)
+  return (tau - drop * (1.0 - share)).astype(jnp.float32)
+
+
+def example_thresholds(tau, probs: jax.Array) -> jax.Array | float:
+  """The threshold of each example: `tau` itself, or with per-class thresholds [C], that of its predicted class in
+  `probs` [U, C]."""
+  return tau[jnp.argmax(probs, axis=-1)] if jnp.ndim(tau) else tau
+
+
+def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, *, tau,
            require_agreement: bool = True, sticky: bool = True):
   """Which unlabeled examples of the batch train the classifier, and with which target, in a gate-open step.
 
@@ -64,12 +82,15 @@ def select(probs_weak: jax.Array, probs_strong: jax.Array, memory: jax.Array, *,
   Args:
     probs_weak, probs_strong: [U, C] softmax of the weak and strong views (treated as constants).
     memory: int32 [U], the stored pseudo-label of each example, -1 for none.
+    tau: the confidence both views must exceed; or float [C] (`class_thresholds`), the threshold of the class the
+      weak view predicts.
   Returns:
     targets: int32 [U], the class each used example is trained towards.
     used: bool [U].
     new: bool [U], examples assigned a pseudo-label in this step (memory must store `targets` there).
   """
   pred = jnp.argmax(probs_weak, axis=-1).astype(jnp.int32)
+  tau = example_thresholds(tau, probs_weak)
   confident = (jnp.max(probs_weak, axis=-1) > tau) & (jnp.max(probs_strong, axis=-1) > tau)
   if require_agreement:
     confident &= pred == jnp.argmax(probs_strong, axis=-1)

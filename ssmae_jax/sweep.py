@@ -27,7 +27,8 @@ from ssmae_jax.errors import UserError
 RUN_AXIS = 'sweep'  # The vmapped axis's name, for `agree`'s collective.
 RUNS_DIR = 'runs'  # In a sweep's workdir: one folder per run, named by `run_name`.
 # Swept fields whose 0 removes a part of the step (a term, the teacher, clipping): all runs must agree on 0 or not.
-_ZERO_TURNS_OFF = ('rec_weight', 'cls_weight', 'teacher_ema', 'optimizer.grad_clip_norm', 'loss_terms.')
+_ZERO_TURNS_OFF = ('rec_weight', 'cls_weight', 'teacher_ema', 'class_tau_drop', 'optimizer.grad_clip_norm',
+                   'loss_terms.')
 
 
 def axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:

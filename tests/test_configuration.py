@@ -126,6 +126,7 @@ def test_a_field_the_defaults_do_not_have_is_refused():
      r'both give the run its starting encoder: set one of them \(--config.pretrain_steps=0 starts from init_from\)'),
     ({'pretrain_steps': 5, 'method': 'mae_pretrain'}, 'mae_pretrain trains none: add --config.pretrain_steps=0.'),
     ({'unlabeled_cls_rows': 32}, r'config.unlabeled_cls_rows=32 is not below config.unlabeled_batch_size=32'),
+    ({'tau': 0.85, 'class_tau_drop': 0.9}, r'config.class_tau_drop=0.9 is more than config.tau=0.85: .* at most tau'),
 ])
 def test_rules_between_fields(overrides, message):
   config = default.get_config()

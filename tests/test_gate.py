@@ -217,6 +217,33 @@ def test_select_under_jit():
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
+def test_class_thresholds_drop_with_the_memory_s_share_of_each_class():
+  """config.class_tau_drop: tau for the most-held class, tau - drop for a class the memory holds none of, linear
+  between; unassigned slots (-1) count for no class."""
+  memory = jnp.array([0, 0, 0, 0, 1, 1, -1, -1, -1], jnp.int32)
+  got = np.asarray(gate.class_thresholds(memory, 3, 0.9, 0.2))
+  np.testing.assert_allclose(got, [0.9, 0.9 - 0.2 * 0.5, 0.7], rtol=1e-6)
+  assert got.dtype == np.float32
+
+
+def test_class_thresholds_keep_tau_while_the_memory_is_empty():
+  got = gate.class_thresholds(jnp.full((5,), -1, jnp.int32), 4, 0.85, 0.3)
+  np.testing.assert_allclose(np.asarray(got), [0.85] * 4, rtol=1e-6)
+
+
+def test_select_with_per_class_thresholds_uses_the_weak_view_s_class():
+  """An example passes at its weak prediction's threshold, on both views: lowering another class's changes nothing."""
+  weak = _probs([0.8, 0.2], [0.3, 0.7], [0.8, 0.2])
+  strong = _probs([0.8, 0.2], [0.25, 0.75], [0.2, 0.8])
+  per_class = jnp.array([0.9, 0.6])  # class 0 stays strict, class 1 is lowered.
+  _, used, _ = gate.select(weak, strong, jnp.full((3,), -1, jnp.int32), tau=per_class, require_agreement=False)
+  # 0: class 0 at 0.8 < 0.9; 1: class 1 at 0.7 and 0.75 > 0.6; 2: class 0 (weak) at 0.8 < 0.9, though strong's 0.8
+  # would pass class 1's 0.6.
+  np.testing.assert_array_equal(np.asarray(used), [False, True, False])
+  _, used, _ = gate.select(weak, strong, jnp.full((3,), -1, jnp.int32), tau=0.6, require_agreement=False)
+  np.testing.assert_array_equal(np.asarray(used), [True, True, True])  # One tau of 0.6: all pass.
+
+
 # --- update_memory ---------------------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from ssmae_jax.methods import baselines, common
 def test_levers_are_off_by_default():
   c = default.get_config()
   assert c.gate_min_confident == 0 and c.label_smoothing == 0.0 and c.pseudo_label_view == 'weak'
-  assert c.teacher_ema == 0.0 and c.unlabeled_cls_rows == 0
+  assert c.teacher_ema == 0.0 and c.unlabeled_cls_rows == 0 and c.class_tau_drop == 0.0
 
 
 @pytest.mark.parametrize('num_confident, min_confident, want', [

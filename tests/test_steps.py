@@ -121,7 +121,12 @@ class Reference:
     idx = np.asarray(batch['unlabeled_index'])
     remembered = memory[idx] >= 0
     pred = p_w.argmax(-1)
-    confident = (p_w.max(-1) > c.tau) & (p_s.max(-1) > c.tau)
+    tau = c.tau
+    if c.class_tau_drop:  # Per class, from the whole memory's counts; the example's by its weak prediction.
+      counts = np.bincount(memory[memory >= 0], minlength=CLASSES)
+      share = counts / counts.max() if counts.max() else np.ones(CLASSES)
+      tau = (c.tau - c.class_tau_drop * (1 - share))[pred]
+    confident = (p_w.max(-1) > tau) & (p_s.max(-1) > tau)
     if c.require_agreement:
       confident &= pred == p_s.argmax(-1)
     new = bool(gate_open) & confident & ~remembered
@@ -383,6 +388,42 @@ def test_a_teacher_picks_the_pseudo_labels(setup, case, rows):
     assert metrics['full_cls_pass'] == (rows == 0 or metrics['unlabeled_used'] > rows)
   else:
     assert metrics['full_cls_pass'] == (case != 'closed_empty_memory' and (rows == 0 or len(s.remembered_slots) > rows))
+
+
+def class_tau_drop_for(s: Setup) -> float:
+  """A drop that lowers the threshold of the classes the memory lacks just enough for the most confident agreeing
+  example below tau whose class it lacks to pass (the memory holds classes 1, 3 and 7 once each)."""
+  p_w, p_s = s.reference.probs(s.params, s.batch)
+  pred = p_w.argmax(-1)
+  conf = np.minimum(p_w.max(-1), p_s.max(-1))
+  below = ((pred == p_s.argmax(-1)) & ~np.isin(np.arange(U), s.remembered_slots) & (conf <= s.config.tau)
+           & ~np.isin(pred, s.memory[s.memory >= 0]))
+  assert below.any(), 'the batch needs an agreeing example below tau of a class the memory lacks'
+  ranked = np.sort(conf[below])[::-1]
+  lower = ranked[1] if len(ranked) > 1 else 0.0
+  return float(s.config.tau - (ranked[0] + lower) / 2)
+
+
+@pytest.mark.parametrize('rows', [0, U - 1])
+def test_class_tau_drop_lowers_the_threshold_of_the_classes_the_memory_lacks(setup, rows):
+  """config.class_tau_drop: the step selects at each class's threshold (the reference's numpy count of the whole
+  memory), with the full pass and the gathered one; one more example is accepted than at the one tau."""
+  s = setup
+  config = tiny_config(tau=s.config.tau, class_tau_drop=class_tau_drop_for(s), unlabeled_cls_rows=rows)
+  step = ssmae.make_step(s.model, s.tx, config, s.mesh)
+  metrics = _check_step_against_reference(s, step, Reference(s.model, config), 'open_some_accepted')
+  _, one_tau = s.train_step(make_state(s.params, s.tx, s.mesh, s.memory, True), s.device_batch())
+  assert metrics['pseudo_labels_new'] == float(one_tau['pseudo_labels_new']) + 1
+  # The paper's objective with the same thresholds is the same loss.
+  batch = jax.tree.map(jnp.asarray, s.batch)
+  views = ssmae.views(batch, s.model.image_size)
+  rec_images = jnp.concatenate([views['labeled_image'], common.prepare_images(batch['unlabeled_mae'], SIZE)])
+  tau = ssmae.thresholds(config, jnp.asarray(s.memory), CLASSES)
+  loss, (_, used, _) = ssmae.objective(s.model, config, s.params, views, rec_images,
+                                       jnp.asarray(s.memory)[batch['unlabeled_index']], jnp.asarray(True),
+                                       jax.random.fold_in(jax.random.key(config.seed), 0), tau=tau)
+  np.testing.assert_allclose(float(loss), float(metrics['loss']), rtol=2e-5)
+  assert int(jnp.sum(used)) == metrics['unlabeled_used']
 
 
 def test_the_strong_view_lever_changes_only_what_the_used_examples_train_on(setup):

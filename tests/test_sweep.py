@@ -163,6 +163,7 @@ def test_a_split_seed_sweep_gives_each_run_its_own_labeled_set_and_batches(env, 
     ({'model': {'width': (32, 64)}}, 'config.model.width cannot be swept'),
     ({'tau': (0.5, 1.5)}, 'config.sweep.tau holds 1.5'),
     ({'rec_weight': (0.0, 1.0)}, 'mixes 0 with other values'),
+    ({'class_tau_drop': (0.0, 0.1)}, 'mixes 0 with other values'),
     ({'seed': ()}, 'must be a non-empty tuple'),
     ({'taus': (0.5,)}, 'there is no field config.taus'),
 ])

@@ -114,6 +114,10 @@ def _ssmae(c: ml_collections.ConfigDict) -> None:
   # classification target, labeled and pseudo-labeled (0: none).
   c.gate_min_confident = Int(0, min=0, sweep=True)
   c.label_smoothing = Float(0.0, min=0, below=1, sweep=True)
+  # Not in the paper (a lever against a memory that fills with a few classes; FlexMatch's idea, bounded): the selection
+  # threshold of a class drops below tau the fewer pseudo-labels of it the memory holds, tau - class_tau_drop *
+  # (1 - n_c / max n): the most-held class keeps tau, a class with none gets tau - class_tau_drop. 0: one tau, the paper.
+  c.class_tau_drop = Float(0.0, min=0, max=1, sweep=True)
   # Not in the paper: the unlabeled view that L_cls trains on. 'weak' (the paper: a confident prediction trains the
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.

@@ -53,6 +53,12 @@ class Problem:
   # bool: whether this run's gate is open; the gate-open branch selects nothing new without it (a sweep's run whose
   # gate is closed, in the branch another run needs).
   gate_is_open: jax.Array | bool = True
+  # The selection's threshold: config.tau, or float [C] per class (config.class_tau_drop: gate.class_thresholds).
+  tau: jax.Array | float | None = None
+
+  @property
+  def threshold(self):
+    return self.config.tau if self.tau is None else self.tau
 
   @property
   def num_u(self) -> int:
@@ -139,7 +145,7 @@ def select_and_loss(p: Problem, logits, probs_other, memory):
   probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits[num_l:]))
   probs_w, probs_s = (probs_other, probs_train) if p.train_on_strong else (probs_train, probs_other)
   c = p.config
-  targets, used, new = only_if_open(p, memory, *gate.select(probs_w, probs_s, memory, tau=c.tau,
+  targets, used, new = only_if_open(p, memory, *gate.select(probs_w, probs_s, memory, tau=p.threshold,
                                                              require_agreement=c.require_agreement, sticky=c.sticky))
   return targets, used, new, losses.cross_entropy(logits[num_l:], targets, c.label_smoothing)
 
@@ -182,7 +188,10 @@ def gate_open_rows(p: Problem, params, probs_other):
 
 def candidates_open(p: Problem, probs_other):
   """The examples a gate-open step can use: remembered, or confident on the view with the forward pass only."""
-  return p.remembered | ((jnp.max(probs_other, axis=-1) > p.config.tau) & p.gate_is_open)
+  tau = p.threshold
+  if jnp.ndim(tau):  # Per class, by the weak view's class: this view's when it is the weak one or must agree with it.
+    tau = gate.example_thresholds(tau, probs_other) if p.config.require_agreement or p.train_on_strong else tau.min()
+  return p.remembered | ((jnp.max(probs_other, axis=-1) > tau) & p.gate_is_open)
 
 
 def gate_open(p: Problem, params, full=None):
@@ -196,7 +205,7 @@ def gate_open_teacher(p: Problem, params, full=None):
   probs = lambda x: jax.nn.softmax(p.classify(p.teacher, x))
   x_w, x_s = (p.x_other, p.x_train) if p.train_on_strong else (p.x_train, p.x_other)
   c = p.config
-  targets, used, new = only_if_open(p, p.memory, *gate.select(probs(x_w), probs(x_s), p.memory, tau=c.tau,
+  targets, used, new = only_if_open(p, p.memory, *gate.select(probs(x_w), probs(x_s), p.memory, tau=p.threshold,
                                                                require_agreement=c.require_agreement, sticky=c.sticky))
   loss, grads, logits_l, full = narrowed(p, used, lambda *a: known_targets_full(p, *a),
                                          lambda *a: known_targets_rows(p, *a), full, params, used, targets)

@@ -21,12 +21,13 @@ def views(batch: dict, image_size: int) -> dict:
               unlabeled_strong=common.prepare_images(batch['unlabeled_strong'], image_size))
 
 
-def objective(model, config, params, v: dict, rec_images, memory, gate_is_open, rng):
+def objective(model, config, params, v: dict, rec_images, memory, gate_is_open, rng, tau=None):
   """The paper's loss for one step, and its selection: (loss, (targets, used, new)).
 
   `v`: `views`; `memory`: the batch examples' stored pseudo-labels (-1: none). With the gate closed only remembered
   examples are used; with it open, the selection rule (gate.select) on the softmax of both views also picks new ones.
   Predictions select targets but pass no gradient. (The teacher of config.teacher_ema is not in the paper: not here.)
+  `tau`: the selection's threshold, config.tau by default; config.class_tau_drop's per class (`thresholds`).
   """
   classify = lambda x: model.apply({'params': params}, x, method=model.classify)
   x_l, y_l = v['labeled_image'], v['labeled_label']
@@ -37,7 +38,7 @@ def objective(model, config, params, v: dict, rec_images, memory, gate_is_open, 
   probs_train = jax.nn.softmax(jax.lax.stop_gradient(logits_u))
   probs_other = jax.nn.softmax(jax.lax.stop_gradient(classify(x_other)))
   probs_w, probs_s = (probs_other, probs_train) if config.pseudo_label_view == 'strong' else (probs_train, probs_other)
-  targets, used, new = gate.select(probs_w, probs_s, memory, tau=config.tau,
+  targets, used, new = gate.select(probs_w, probs_s, memory, tau=config.tau if tau is None else tau,
                                    require_agreement=config.require_agreement, sticky=config.sticky)
   remembered = (memory >= 0) if config.sticky else jnp.zeros_like(used)
   targets, used, new = (jnp.where(gate_is_open, targets, memory), jnp.where(gate_is_open, used, remembered),
@@ -47,6 +48,14 @@ def objective(model, config, params, v: dict, rec_images, memory, gate_is_open, 
   l_cls = (jnp.sum(ce_l) + jnp.sum(jnp.where(used, ce_u, 0.0))) / (x_l.shape[0] + jnp.sum(used))
   l_rec = common.reconstruction_loss(model, config, params, rec_images, rng) if sweep.static(config).rec_weight else 0.0
   return config.rec_weight * l_rec + config.cls_weight * l_cls, (targets, used, new)
+
+
+def thresholds(config, pool_memory, num_classes: int):
+  """The selection's threshold for this step: config.tau, or with config.class_tau_drop (not in the paper) one per
+  class from what the whole memory holds (gate.class_thresholds)."""
+  if not sweep.static(config).class_tau_drop:
+    return config.tau
+  return gate.class_thresholds(pool_memory, num_classes, config.tau, config.class_tau_drop)
 
 
 @registry.method('ssmae', uses_labeled=True, uses_unlabeled=True, classifies=True, gated=True, reconstructs=True,
@@ -73,7 +82,8 @@ def make_step(model, tx, config, mesh, kind: str | None = None):
     problem = cls_pass.Problem(classify, config, v['labeled_image'], v['labeled_label'], x_train, x_other, memory,
                                remembered=(memory >= 0) if config.sticky else jnp.zeros_like(memory, bool),
                                teacher=state.teacher,  # None without config.teacher_ema.
-                               gate_is_open=state.gate_open if sweep.in_sweep(config) else True)
+                               gate_is_open=state.gate_open if sweep.in_sweep(config) else True,
+                               tau=thresholds(config, state.pseudo_labels, model.num_classes))
     cls, grads, (logits_l, used, new, targets), full, step_kind = cls_pass.classification_pass(
         problem, state.params, state.gate_open, kind)
     grads = jax.tree.map(lambda c: config.cls_weight * c, grads)
