@@ -53,13 +53,19 @@ class Sweep:
     return self.first.num_epochs
 
 
+def runs_mesh(num_runs: int, devices) -> Mesh:
+  """A sweep's ('runs', 'data') mesh of `devices` (this machine's, or a TPU slice's for --mode=compile): the runs
+  over gcd(runs, devices) of them, each run's batch over the others."""
+  devices = np.asarray(devices).reshape(-1)
+  runs_axis = math.gcd(num_runs, devices.size)
+  return Mesh(devices.reshape(runs_axis, devices.size // runs_axis), ('runs', 'data'))
+
+
 def make_mesh(num_runs: int, config) -> Mesh:
-  """Runs over gcd(runs, devices) devices, each run's batch over the others; batch sizes must split over those."""
-  devices = np.asarray(jax.devices())
+  """`runs_mesh` of this machine's devices; the batch sizes must split over each run's share."""
   # Evaluation is run by run over every device (sharding.make_mesh), as a lone run's.
   sharding.check_divisible('config.eval_batch_size', config.eval_batch_size, sharding.make_mesh())
-  runs_axis = math.gcd(num_runs, devices.size)
-  mesh = Mesh(devices.reshape(runs_axis, devices.size // runs_axis), ('runs', 'data'))
+  mesh = runs_mesh(num_runs, jax.devices())
   for name in ('labeled_batch_size', 'unlabeled_batch_size'):
     if config[name] % mesh.shape['data']:
       raise UserError(f'config.{name}={config[name]} does not split over the {mesh.shape["data"]} devices each run '

@@ -212,14 +212,6 @@ def _stages(config) -> list[tuple[str, object]]:
       ('train', config)]
 
 
-def sweep_mesh(num_runs: int, devices) -> Mesh:
-  """sweep_train.make_mesh's split on `devices` (a slice's, not this machine's): the runs over gcd(runs, devices) of
-  them, each run's batch over the others."""
-  devices = np.asarray(devices).reshape(-1)
-  runs_axis = math.gcd(num_runs, devices.size)
-  return Mesh(devices.reshape(runs_axis, devices.size // runs_axis), ('runs', 'data'))
-
-
 def sweep_programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   """`programs` of a sweep over `mesh`'s devices (module docstring): each stage's vmapped train step of its R runs,
   then the lone eval step of one run's parameters, the stacked state resident beside it."""
@@ -228,7 +220,7 @@ def sweep_programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   for name, stage in _stages(config):
     runs = sweep.runs(stage)
     run, num_runs = runs[0][1], len(runs)  # The template, the first run's config: the others differ in `values`.
-    runs_mesh = sweep_mesh(num_runs, mesh.devices)
+    runs_mesh = sweep_train.runs_mesh(num_runs, mesh.devices)
     model = models.from_config(run, shape.num_classes, backend='tpu')
     steps = total_steps(run, shape)
     tx = experiment.make_optimizer(run, steps)
@@ -336,7 +328,7 @@ def sweep_batch_lines(config, num_runs: int, n: int) -> list[str]:
 def compile_config(config, topology: str) -> dict:
   """Compiles the run of `config` (or its sweep's runs) for the slice `topology` names: the report `format_report`
   prints."""
-  from ssmae_jax import sweep
+  from ssmae_jax import sweep, sweep_train
   tpu, devices = slice_devices(topology)
   if devices[0].device_kind not in CHIPS:
     raise UserError(f'--topology={topology} is a {devices[0].device_kind}, whose peak figures this does not know: '
@@ -346,7 +338,7 @@ def compile_config(config, topology: str) -> dict:
   per_chip = n // len({tuple(d.coords) for d in devices})  # 2 on v4 / v5p without megacore: one per TensorCore.
   shape = data_shape(config)
   num_runs = len(sweep.runs(config)) if sweep.is_sweep(config) else 1
-  runs_mesh = dict(sweep_mesh(num_runs, devices).shape) if sweep.is_sweep(config) else None
+  runs_mesh = dict(sweep_train.runs_mesh(num_runs, devices).shape) if sweep.is_sweep(config) else None
   report = dict(topology=topology, libtpu_topology=tpu.topology, libtpu_options=tpu.options, chip=chip.name,
                 devices=n, hosts=len({d.process_index for d in devices}), devices_per_chip=per_chip,
                 hbm_bytes_per_chip=chip.hbm_bytes, peak_flops_per_chip=chip.bf16_flops,

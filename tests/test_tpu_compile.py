@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import ROOT, needs_cifar10
-from ssmae_jax import models, tpu_compile
+from ssmae_jax import models, sweep_train, tpu_compile
 from ssmae_jax.configs import smoke
 from ssmae_jax.errors import UserError
 
@@ -207,7 +207,7 @@ TINY_SHAPE = tpu_compile.DataShape(num_classes=10, shipped_size=32, labeled_trai
 
 def test_a_sweep_splits_its_runs_over_gcd_of_runs_and_devices(libtpu):
   devices = tpu_compile.slice_devices('v4-8')[1]  # 4 devices.
-  meshes = {r: dict(tpu_compile.sweep_mesh(r, devices).shape) for r in (1, 2, 3, 4, 6, 8, 64)}
+  meshes = {r: dict(sweep_train.runs_mesh(r, devices).shape) for r in (1, 2, 3, 4, 6, 8, 64)}
   assert meshes == {1: {'runs': 1, 'data': 4}, 2: {'runs': 2, 'data': 2}, 3: {'runs': 1, 'data': 4},
                     4: {'runs': 4, 'data': 1}, 6: {'runs': 2, 'data': 2}, 8: {'runs': 4, 'data': 1},
                     64: {'runs': 4, 'data': 1}}
