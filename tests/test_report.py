@@ -101,6 +101,21 @@ def test_table_launcher_orders_runs_and_feeds_finetune_the_pretrained_run(tmp_pa
   assert all('--config.seed=0' in l and '--config.split_seed=0' in l for l in out)
 
 
+def test_table_launcher_of_pre_training_runs_alone_ends_without_an_error(tmp_path):
+  """--methods=mae_pretrain alone (a stage for later runs) finishes with exit 0: its runs have no test accuracy to
+  tabulate, which is not a failure (a queue chains on the exit status)."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  write(tmp_path / 'cifar10' / 'mae_pretrain' / 'all' / 'seed0', dataset='cifar10', method='mae_pretrain',
+        label_fraction=None, seed=0, test_accuracy=None)  # Finished: the launcher skips it.
+  out = subprocess.run([sys.executable, 'scripts/run_table.py', '--config=configs/smoke.py', f'--root={tmp_path}',
+                        '--seeds=0', '--methods=mae_pretrain'], cwd=root, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert 'has a test accuracy yet (mae_pretrain runs have none): no table' in out.stdout
+
+
 def test_cost_estimate_counts_the_flops_of_a_step(tmp_path):
   import importlib.util
   import os
