@@ -75,6 +75,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_field(name, value, specs.get(name))
   _check_rules(config)
   sweep.check(config, specs)
+  for name, run in sweep.runs(config) if sweep.is_sweep(config) else ():
+    try:
+      _check_rules(run)  # The rules between fields hold in every run, not only at the values the sweep replaces.
+    except UserError as e:
+      raise UserError(f'config.sweep\'s run {name}: {e}') from None
 
 
 def _check_rules(config: ml_collections.ConfigDict) -> None:

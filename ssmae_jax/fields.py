@@ -17,12 +17,15 @@ class Spec:
   """A field's default and the values it accepts. A default of None makes None acceptable too.
 
   `sweep`: the field may be swept (config.sweep, ssmae_jax/sweep.py): its value does not set an array shape or what
-  the step program computes, only numbers in it (or host-side choices: the data a run sees, its gate rule)."""
+  the step program computes, only numbers in it (or host-side choices: the data a run sees, its gate rule).
+  `zero_is_off`: a value of 0 removes a part of the step (a loss term, the teacher, clipping), so a sweep may not mix
+  0 with other values: those runs need another program."""
   type: type
 
-  def __init__(self, default: Any = _ELEMENT, *, sweep: bool = False):
+  def __init__(self, default: Any = _ELEMENT, *, sweep: bool = False, zero_is_off: bool = False):
     self.default = default
     self.sweep = sweep
+    self.zero_is_off = zero_is_off
 
   @property
   def optional(self) -> bool:
@@ -52,8 +55,9 @@ class _Number(Spec):
   """Bounds: min / max inclusive, above / below exclusive; None leaves that side open."""
 
   def __init__(self, default: Any = _ELEMENT, *, min: float | None = None, max: float | None = None,
-               above: float | None = None, below: float | None = None, sweep: bool = False):
-    super().__init__(default, sweep=sweep)
+               above: float | None = None, below: float | None = None, sweep: bool = False,
+               zero_is_off: bool = False):
+    super().__init__(default, sweep=sweep, zero_is_off=zero_is_off)
     self.min, self.max, self.above, self.below = min, max, above, below
 
   def _in_bounds(self, value: float) -> bool:
@@ -149,7 +153,7 @@ class Weights(Spec):
   def __init__(self, registry):
     super().__init__({})
     self.registry = registry
-    self.weight = Float(0.0, min=0, sweep=True)
+    self.weight = Float(0.0, min=0, sweep=True, zero_is_off=True)
 
   def config_value(self) -> Any:
     return ml_collections.ConfigDict({name: 0.0 for name in self.registry.names()})

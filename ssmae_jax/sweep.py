@@ -6,7 +6,7 @@ in the step or what the host does for a run (its data, its gate), never an array
 vmapped step a run's config is a `RunConfig`: its swept numbers are arrays (one element of the run axis), the rest is
 the config. Two rules keep the program the same for every run:
 - a Python `if` on a config value must not depend on the run: read it from `static(config)` (the first run's config),
-  and a swept field that turns a part of the step on or off (a weight of 0) must do the same in every run;
+  and a swept field whose 0 turns a part of the step off (declared zero_is_off=True) is 0 in every run or in none;
 - where a step picks the cheaper of two programs (lax.switch / lax.cond), it picks by `agree(config, x)`, the largest
   index any run needs, so the runs still take one branch instead of all of them (vmap would compute every branch).
 
@@ -26,9 +26,6 @@ from ssmae_jax.errors import UserError
 
 RUN_AXIS = 'sweep'  # The vmapped axis's name, for `agree`'s collective.
 RUNS_DIR = 'runs'  # In a sweep's workdir: one folder per run, named by `run_name`.
-# Swept fields whose 0 removes a part of the step (a term, the teacher, clipping): all runs must agree on 0 or not.
-_ZERO_TURNS_OFF = ('rec_weight', 'cls_weight', 'teacher_ema', 'class_tau_drop', 'optimizer.grad_clip_norm',
-                   'loss_terms.')
 
 
 def axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -71,7 +68,7 @@ def check(config: ml_collections.ConfigDict, specs: dict[str, fields_lib.Spec]) 
                         f'{spec.describe()}.')
     if len(set(values)) != len(values):
       raise UserError(f'config.sweep.{name}={tuple(values)} repeats a value: list each once.')
-    if name.startswith(_ZERO_TURNS_OFF) and len({v == 0 for v in values}) > 1:
+    if spec.zero_is_off and len({v == 0 for v in values}) > 1:
       raise UserError(f'config.sweep.{name}={tuple(values)} mixes 0 with other values: 0 removes that part of the '
                       'step, so those runs need another program. Sweep the non-zero values, and run 0 apart.')
   lengths = {len(v) for v in axes(config).values() if isinstance(v, (tuple, list))}

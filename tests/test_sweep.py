@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN, config_flags as _flags, needs_cifar10, small_config
-from ssmae_jax import configuration, input_pipeline, sweep, sweep_train, train
+from ssmae_jax import configuration, fields, input_pipeline, sweep, sweep_train, train
 from ssmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,12 +166,25 @@ def test_a_split_seed_sweep_gives_each_run_its_own_labeled_set_and_batches(env, 
     ({'class_tau_drop': (0.0, 0.1)}, 'mixes 0 with other values'),
     ({'seed': ()}, 'must be a non-empty tuple'),
     ({'taus': (0.5,)}, 'there is no field config.taus'),
+    # A rule between fields holds in every run: the first run's tau (0.2) is below the drop the config sets (0.3).
+    ({'tau': (0.2, 0.95)}, r"config.sweep's run tau=0.2: config.class_tau_drop=0.3 is more than config.tau=0.2"),
 ])
 def test_a_bad_sweep_is_one_line_before_anything_compiles(sweep_value, message):
-  config = small_config(None)
+  config = small_config(None, tau=0.95, class_tau_drop=0.3)
   config.sweep = sweep_value
   with pytest.raises(UserError, match=message):
     configuration.validate(config)
+
+
+def test_a_plugin_field_declared_zero_is_off_may_not_mix_zero_in_a_sweep():
+  config = small_config(None)
+  specs = dict(configuration.declarations(), my_weight=fields.Float(0.0, min=0, sweep=True, zero_is_off=True),
+               my_number=fields.Float(0.0, min=0, sweep=True))
+  config.sweep = {'my_number': (0.0, 1.0)}
+  sweep.check(config, specs)  # 0 is a number like any other here.
+  config.sweep = {'my_weight': (0.0, 1.0)}
+  with pytest.raises(UserError, match=r'config.sweep.my_weight=\(0.0, 1.0\) mixes 0 with other values'):
+    sweep.check(config, specs)
 
 
 def test_an_unsweepable_field_on_the_command_line_is_one_line(tmp_path):

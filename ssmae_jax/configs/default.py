@@ -96,8 +96,8 @@ def _model(c: ml_collections.ConfigDict) -> None:
 
 def _ssmae(c: ml_collections.ConfigDict) -> None:
   """SSMAE: the loss, the selection rule, the gate; the levers beyond the paper."""
-  c.cls_weight = Float(1.0, min=0, sweep=True)  # lambda in L = L_rec + lambda * L_cls.
-  c.rec_weight = Float(1.0, min=0, sweep=True)  # 0 removes the reconstruction term (ablation).
+  c.cls_weight = Float(1.0, min=0, sweep=True, zero_is_off=True)  # lambda in L = L_rec + lambda * L_cls.
+  c.rec_weight = Float(1.0, min=0, sweep=True, zero_is_off=True)  # 0 removes the reconstruction term (ablation).
   # Confidence threshold on both views: max p > tau, so 1 lets nothing pass (an ablation, as gate='never').
   c.tau = Float(0.95, min=0, max=1, sweep=True)
   c.require_agreement = Bool(True)  # argmax p_w == argmax p_s.
@@ -117,7 +117,7 @@ def _ssmae(c: ml_collections.ConfigDict) -> None:
   # Not in the paper (a lever against a memory that fills with a few classes; FlexMatch's idea, bounded): the selection
   # threshold of a class drops below tau the fewer pseudo-labels of it the memory holds, tau - class_tau_drop *
   # (1 - n_c / max n): the most-held class keeps tau, a class with none gets tau - class_tau_drop. 0: one tau, the paper.
-  c.class_tau_drop = Float(0.0, min=0, max=1, sweep=True)
+  c.class_tau_drop = Float(0.0, min=0, max=1, sweep=True, zero_is_off=True)
   # Not in the paper: the unlabeled view that L_cls trains on. 'weak' (the paper: a confident prediction trains the
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.
@@ -126,7 +126,7 @@ def _ssmae(c: ml_collections.ConfigDict) -> None:
   # this decay per step (Mean Teacher; FixMatch evaluates such an average). The same rule on the teacher's softmax of
   # both views, the targets then train the student; the student is what is evaluated, gated and saved as best.
   # 0: none, the paper (the model picks its own pseudo-labels). E.g. 0.99: an average over about 100 steps.
-  c.teacher_ema = Float(0.0, min=0, below=1, sweep=True)
+  c.teacher_ema = Float(0.0, min=0, below=1, sweep=True, zero_is_off=True)
   # Speed, not the method: in a step that can use unlabeled examples, L_cls's forward and backward pass covers at most
   # this many of them, gathered (the remembered ones and, with the gate open, those confident on the view that gets
   # the forward pass only: no other can be selected); a step with more candidates takes the full pass over all U.
@@ -153,7 +153,7 @@ def _optimisation(c: ml_collections.ConfigDict) -> None:
       b2=Float(0.999, min=0, below=1, sweep=True),
       schedule=OneOf('constant', ('constant', 'cosine')),
       warmup_steps=Int(0, min=0),  # Linear warmup from 0; 0: none.
-      grad_clip_norm=Float(0.0, min=0, sweep=True),  # 0 disables clipping.
+      grad_clip_norm=Float(0.0, min=0, sweep=True, zero_is_off=True),  # 0 disables clipping.
   ))
   # A non-finite loss or gradient: 'stop' (error naming the step; the last good checkpoint is kept) | 'skip' (that
   # step leaves params, optimizer and memory unchanged; skips are counted and logged).
