@@ -1,4 +1,5 @@
-"""Runs whose workdir, checkpoints, `init_from` and image folders live in a Cloud Storage bucket (gs://).
+"""Runs whose workdir (a lone run's or a sweep's), checkpoints, `init_from` and image folders live in a Cloud Storage
+bucket (gs://).
 
 A local Cloud Storage emulator (`gcp-storage-emulator`, in the test requirements; tests/storage_emulator.py) stands in
 for the bucket. gcsfs (behind etils.epath with EPATH_USE_TF=false) and tensorstore (behind orbax's arrays) talk to it;
@@ -254,6 +255,30 @@ def test_a_pretraining_stage_in_a_bucket_workdir(in_process, bucket, capsys):
   assert 'Done:' in out and 'Pre-training' not in out
   assert _read_json(bucket, f'{twin}/results.json')['pretraining'] == _read_json(
       bucket, f'{workdir}/results.json')['pretraining']
+
+
+def test_a_sweep_in_a_bucket_workdir(in_process, bucket, capsys):
+  workdir = f'gs://{BUCKET}/runs/sweep'
+  in_process.update(num_steps=4)
+  in_process.sweep.seed = (0, 1)
+  train.train(in_process, workdir)  # main.py's train mode: the runs as one program.
+  assert 'Done: 2 runs' in capsys.readouterr().out
+  assert {'sweep.json', 'runs', 'checkpoints'} <= set(bucket.ls('runs/sweep'))
+  assert bucket.ls('runs/sweep/runs') == ['seed=0', 'seed=1']
+  summary = _read_json(bucket, f'{workdir}/sweep.json')
+  for seed in (0, 1):
+    run = f'{workdir}/runs/seed={seed}'
+    assert {'config.json', 'history.json', 'results.json', 'best', 'checkpoints'} <= set(bucket.ls(_key(run)))
+    assert _read_json(bucket, f'{run}/config.json')['seed'] == seed
+    results = _read_json(bucket, f'{run}/results.json')
+    assert results['steps'] == 4 and results['sweep']['run'] == f'seed={seed}'
+    assert summary['runs'][f'seed={seed}']['test_accuracy'] == results['test_accuracy']
+  # A run of the sweep is a workdir: --mode=eval reads its best checkpoint from the bucket.
+  alone = in_process.copy_and_resolve_references()
+  alone.sweep.seed = None
+  inference.evaluate(alone, f'{workdir}/runs/seed=1', 'best')
+  assert re.search(r'best checkpoint \(step \d+\): test accuracy [\d.]+%', capsys.readouterr().out)
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))
 
 
 def test_a_folder_dataset_in_the_bucket_trains(in_process, bucket):
