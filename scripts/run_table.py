@@ -71,18 +71,6 @@ def run_name(seed: int) -> str:
   return f'seed={seed},split_seed={seed}'
 
 
-def copy_stage(source: str, target: str) -> None:
-  """Copies the pre-training stage folder `source` to `target` (local or bucket paths), its results.json last: a
-  copy cut short is not a finished stage, and the next launch copies it again."""
-  source_path = fileio.path(source)
-  files = [folder / name for folder, _, names in fileio.walk(source_path) for name in names]
-  finished = source_path / 'results.json'
-  for file in sorted(files, key=lambda f: f == finished):
-    destination = fileio.path(target) / os.fspath(file)[len(os.fspath(source_path)):].lstrip('/')
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    file.copy(destination, overwrite=True)
-
-
 def copy_stages(args, fraction: float, group: list[int], stages: list[tuple[str | None, str]]) -> bool:
   """--pretraining_from: copies each (run name or None, stage folder) its finished stage from ROW's run of the same
   fraction and seed; False (after an error line) where ROW's stage is not finished."""
@@ -102,7 +90,7 @@ def copy_stages(args, fraction: float, group: list[int], stages: list[tuple[str 
       return False
     print(f'+ copy {source} {stage}', flush=True)
     if not args.dry_run:
-      copy_stage(source, stage)
+      fileio.copy_run(source, stage)
   return True
 
 

@@ -19,13 +19,17 @@ class Spec:
   `sweep`: the field may be swept (config.sweep, ssmae_jax/sweep.py): its value does not set an array shape or what
   the step program computes, only numbers in it (or host-side choices: the data a run sees, its gate rule).
   `zero_is_off`: a value of 0 removes a part of the step (a loss term, the teacher, clipping), so a sweep may not mix
-  0 with other values: those runs need another program."""
+  0 with other values: those runs need another program.
+  `mae_ignores`: MAE pre-training (method mae_pretrain, config.pretrain_steps's stage) never reads the field (SSMAE's
+  selection, gate and loss weights), so the runs of a sweep that differ only in such fields share one stage."""
   type: type
 
-  def __init__(self, default: Any = _ELEMENT, *, sweep: bool = False, zero_is_off: bool = False):
+  def __init__(self, default: Any = _ELEMENT, *, sweep: bool = False, zero_is_off: bool = False,
+               mae_ignores: bool = False):
     self.default = default
     self.sweep = sweep
     self.zero_is_off = zero_is_off
+    self.mae_ignores = mae_ignores
 
   @property
   def optional(self) -> bool:
@@ -56,8 +60,8 @@ class _Number(Spec):
 
   def __init__(self, default: Any = _ELEMENT, *, min: float | None = None, max: float | None = None,
                above: float | None = None, below: float | None = None, sweep: bool = False,
-               zero_is_off: bool = False):
-    super().__init__(default, sweep=sweep, zero_is_off=zero_is_off)
+               zero_is_off: bool = False, mae_ignores: bool = False):
+    super().__init__(default, sweep=sweep, zero_is_off=zero_is_off, mae_ignores=mae_ignores)
     self.min, self.max, self.above, self.below = min, max, above, below
 
   def _in_bounds(self, value: float) -> bool:
@@ -130,8 +134,8 @@ class OneOf(Spec):
   """A name from a fixed tuple, or from a registry (registry.Registry: the names registered when it is checked)."""
   type = str
 
-  def __init__(self, default: Any, choices, *, sweep: bool = False):
-    super().__init__(default, sweep=sweep)
+  def __init__(self, default: Any, choices, *, sweep: bool = False, mae_ignores: bool = False):
+    super().__init__(default, sweep=sweep, mae_ignores=mae_ignores)
     self._choices = choices
 
   @property
@@ -153,7 +157,7 @@ class Weights(Spec):
   def __init__(self, registry):
     super().__init__({})
     self.registry = registry
-    self.weight = Float(0.0, min=0, sweep=True, zero_is_off=True)
+    self.weight = Float(0.0, min=0, sweep=True, zero_is_off=True, mae_ignores=True)
 
   def config_value(self) -> Any:
     return ml_collections.ConfigDict({name: 0.0 for name in self.registry.names()})

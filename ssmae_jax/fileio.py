@@ -59,3 +59,15 @@ def write_json(target: str | os.PathLike, data: Any, indent: int | None = None) 
 
 def read_json(source: str | os.PathLike) -> Any:
   return json.loads(path(source).read_text())
+
+
+def copy_run(source: str | os.PathLike, target: str | os.PathLike) -> None:
+  """Copies a finished run's folder (local or bucket) to `target`, its results.json last: a copy cut short is not a
+  finished run, and the next attempt copies it again."""
+  source_path = path(source)
+  files = [folder / name for folder, _, names in walk(source_path) for name in names]
+  finished = source_path / 'results.json'
+  for file in sorted(files, key=lambda f: f == finished):
+    destination = path(target) / os.fspath(file)[len(os.fspath(source_path)):].lstrip('/')
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    file.copy(destination, overwrite=True)

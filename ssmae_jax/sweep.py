@@ -51,10 +51,7 @@ def is_sweep(config) -> bool:
 def check(config: ml_collections.ConfigDict, specs: dict[str, fields_lib.Spec]) -> None:
   """config.sweep's fields and values, one UserError line for the first mistake (before anything compiles)."""
   for name, values in axes(config).items():
-    spec = specs.get(name)
-    weights = name.rpartition('.')[0]
-    if spec is None and isinstance(specs.get(weights), fields_lib.Weights):
-      spec = specs[weights].weight
+    spec = _spec(name, specs)
     if spec is None:
       raise UserError(f'config.sweep.{name}: there is no field config.{name} to sweep (misspelt?).')
     if not spec.sweep:
@@ -79,6 +76,37 @@ def check(config: ml_collections.ConfigDict, specs: dict[str, fields_lib.Spec]) 
   if is_sweep(config) and jax.process_count() > 1:
     raise UserError('config.sweep runs in one process: on several hosts, give each host its own sweep (e.g. one '
                     'seed each) or run without --distributed.')
+
+
+def _spec(name: str, specs: dict[str, fields_lib.Spec]) -> fields_lib.Spec | None:
+  """The declaration of swept field `name`; a `loss_terms.<term>` weight's is its Weights' `weight`."""
+  weights = name.rpartition('.')[0]
+  if name not in specs and isinstance(specs.get(weights), fields_lib.Weights):
+    return specs[weights].weight
+  return specs.get(name)
+
+
+def shared_stages(config: ml_collections.ConfigDict,
+                  specs: dict[str, fields_lib.Spec]) -> tuple[ml_collections.ConfigDict, list[list[int]]]:
+  """The runs of a sweep's pre-training stage (config.pretrain_steps): runs that differ only in fields MAE
+  pre-training never reads (declared mae_ignores, e.g. tau) would train the same stage, so they share one. -> (the
+  config whose sweep trains each distinct stage once: config.sweep without those fields, maybe no sweep at all;
+  for each of its runs, in order, the indices of config's runs that start from it)."""
+  ax = axes(config)
+  ignored = [name for name in ax if _spec(name, specs).mae_ignores]
+  stage = config.copy_and_resolve_references()
+  with stage.unlocked():
+    for name in ignored:
+      *parents, leaf = name.split('.')
+      node = stage.sweep
+      for key in parents:
+        node = node[key]
+      node[leaf] = None
+  kept = [name for name in ax if name not in ignored]
+  order = [run_name({name: values[name] for name in kept}) for values in
+           (dict(zip(ax, combo)) for combo in combinations(config))]
+  stage_names = [name for name, _ in runs(stage)] if is_sweep(stage) else ['']
+  return stage, [[i for i, name in enumerate(order) if name == stage_name] for stage_name in stage_names]
 
 
 def unsweepable(name: str, specs: dict[str, fields_lib.Spec]) -> str:

@@ -198,6 +198,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, dirs:
     return (state, None) if stopped else finish(sw, state, logs, reports, clock, preemption)
 
 
+def pretrain(pre: ml_collections.ConfigDict, pretrain_dir, stages: list) -> list[dict] | None:
+  """The pre-training stage of each run of a sweep (`pre`: experiment.pretraining_config), into `stages` (each run's
+  WORKDIR/runs/<run>/pretrain) -> the stages' results, or None if a preemption stopped them. Runs that differ only
+  in fields MAE pre-training never reads (sweep.shared_stages: tau, the gate, loss weights) share one stage: it trains
+  in the first one's folder, then is copied to the others. A stage sweep begun before stages were shared resumes as
+  it began."""
+  stage, groups = sweep.shared_stages(pre, configuration.declarations())
+  began = pretrain_dir / 'config.json'
+  if began.exists() and fileio.read_json(began).get('sweep') == configuration.to_dict(pre)['sweep']:
+    stage, groups = pre, [[i] for i in range(len(stages))]
+  firsts = [stages[group[0]] for group in groups]
+  if not all((first / 'results.json').exists() for first in firsts):
+    if sweep.is_sweep(stage):
+      done = train_and_evaluate(stage, str(pretrain_dir), dirs=firsts)[1]
+    else:  # Nothing it reads is swept: one run.
+      done = train.train_and_evaluate(stage, str(firsts[0]))[1]
+    if done is None:
+      return None
+  for group in groups:
+    for i in group[1:]:
+      if not (stages[i] / 'results.json').exists():
+        fileio.copy_run(stages[group[0]], stages[i])
+  return [fileio.read_json(stage_dir / 'results.json') for stage_dir in stages]
+
+
 def restore(sw: Sweep):
   """(the stacked state to start from, each run's log): the sweep's latest checkpoint's, else the initial."""
   state, logs = sw.state, [RunLog() for _ in sw.runs]

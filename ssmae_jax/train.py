@@ -155,7 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict] 
               f'then {config.method} starts from it.', flush=True)
       pre = experiment_lib.pretraining_config(config)
       if is_sweep:  # Each run's stage in its own folder, WORKDIR/runs/<run>/pretrain, as a lone run's.
-        done = sweep_train.train_and_evaluate(pre, str(pretrain_dir), dirs=stages)[1]
+        done = sweep_train.pretrain(pre, pretrain_dir, stages)
       else:
         done = train_and_evaluate(pre, str(pretrain_dir))[1]
       if done is None:

@@ -31,9 +31,8 @@ from etils.epath import gpath
 
 from conftest import needs_cifar10, small_config
 from test_reliability import OVERRIDES, _flags, _free_port, _outputs_of, _stop
-from test_report import _run_table_module
 from ssmae_jax.configs import folder
-from ssmae_jax import inference, train
+from ssmae_jax import fileio, inference, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900
@@ -244,9 +243,8 @@ def test_a_pretraining_stage_in_a_bucket_workdir(in_process, bucket, capsys):
   assert _read_json(bucket, f'{workdir}/results.json')['pretraining']['steps'] == 3
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))
   # run_table.py --pretraining_from: a twin in the bucket starts from a copy of that stage and does not train its own.
-  run_table = _run_table_module()
   twin = f'gs://{BUCKET}/runs/staged_twin'
-  run_table.copy_stage(f'{workdir}/pretrain', f'{twin}/pretrain')
+  fileio.copy_run(f'{workdir}/pretrain', f'{twin}/pretrain')
   assert bucket.ls('runs/staged_twin/pretrain') == bucket.ls('runs/staged/pretrain')
   assert 'results.json' in bucket.ls('runs/staged_twin/pretrain')
   in_process.update(method='supervised')

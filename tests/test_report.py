@@ -184,7 +184,7 @@ def test_table_launcher_gives_a_twin_the_same_pretraining(tmp_path):
 def test_a_copied_stage_is_whole_before_it_counts_as_finished(tmp_path, monkeypatch):
   from etils import epath
 
-  from ssmae_jax import experiment
+  from ssmae_jax import experiment, fileio
   run_table = _run_table_module()
   assert run_table.PRETRAIN_DIR == experiment.PRETRAIN_DIR
   source = tmp_path / 'ssmae' / 'pretrain'
@@ -198,7 +198,7 @@ def test_a_copied_stage_is_whole_before_it_counts_as_finished(tmp_path, monkeypa
   monkeypatch.setattr(path_class, 'copy', lambda self, dst, overwrite=False: (copied.append(str(dst)),
                                                                              real_copy(self, dst, overwrite))[1])
   target = tmp_path / 'supervised' / 'pretrain'
-  run_table.copy_stage(str(source), str(target))
+  fileio.copy_run(str(source), str(target))
   assert sorted(str(p.relative_to(target)) for p in target.rglob('*') if p.is_file()) == [
       'checkpoints/10/params', 'figures/a.png', 'history.json', 'results.json']
   assert (target / 'checkpoints' / '10' / 'params').read_text() == 'p'

@@ -296,3 +296,42 @@ def test_a_sweep_pre_trains_as_a_sweep_each_run_in_its_own_folder(env, tmp_path)
     stage = tmp_path / 'runs' / f'seed={seed}' / 'pretrain'
     assert _results(stage)['method'] == 'mae_pretrain' and _results(stage)['seed'] == seed
     assert r['pretraining']['steps'] == 2 and r['seed'] == seed  # Counted with the run, as a lone run's stage.
+
+
+@needs_cifar10
+def test_runs_that_differ_only_in_what_mae_ignores_share_one_pretraining_stage(env, tmp_path):
+  config = small_config(None, **{**OVERRIDES, 'num_steps': 2, 'pretrain_steps': 2})
+  config.sweep.seed = (0, 1)
+  config.sweep.tau = (0.9, 0.95)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+    results, out = _quiet(train.train, config, str(tmp_path))
+  assert out.count('Sweep of 2 runs') == 1 and out.count('Sweep of 4 runs') == 1  # One stage per seed, not per tau.
+  for seed in (0, 1):
+    stages = [tmp_path / 'runs' / f'seed={seed},tau={tau}' / 'pretrain' for tau in (0.9, 0.95)]
+    assert _results(stages[0])['seed'] == seed and _results(stages[1]) == _results(stages[0])
+    assert os.listdir(stages[1] / 'checkpoints') == os.listdir(stages[0] / 'checkpoints')
+  by_run = {(r['seed'], r['config']['tau']): r['pretraining'] for r in results}
+  assert by_run[0, 0.9] == by_run[0, 0.95] != by_run[1, 0.9] == by_run[1, 0.95]
+
+
+@needs_cifar10
+def test_what_mae_ignores_is_never_read_by_mae_pretraining(env, tmp_path):
+  # Every field declared mae_ignores=True, changed at once: the same stage, bit for bit. A field newly declared so must
+  # join this list, which the test checks is all of them.
+  changed = dict(cls_weight=0.5, rec_weight=0.5, tau=0.8, gate_rule='never', gate_threshold=0.5,
+                 gate_confidence=0.9, warmup_epochs=3, gate_min_confident=2, label_smoothing=0.1,
+                 class_tau_drop=0.1, teacher_ema=0.9)
+  specs = configuration.declarations()
+  assert {name for name, spec in specs.items() if spec.mae_ignores} == set(changed)
+  assert specs['loss_terms'].weight.mae_ignores  # make_mae_step adds no loss term.
+  got = []
+  for name, overrides in (('paper', {}), ('changed', changed)):
+    config = small_config(None, **{**OVERRIDES, 'num_steps': 4, 'method': 'mae_pretrain', **overrides})
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setenv('TFDS_DATA_DIR', env['TFDS_DATA_DIR'])
+      _quiet(train.train_and_evaluate, config, str(tmp_path / name))
+    results = _results(tmp_path / name)
+    results.pop('config')
+    got.append(results)
+  assert got[1] == got[0]

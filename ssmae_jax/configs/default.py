@@ -96,28 +96,31 @@ def _model(c: ml_collections.ConfigDict) -> None:
 
 def _ssmae(c: ml_collections.ConfigDict) -> None:
   """SSMAE: the loss, the selection rule, the gate; the levers beyond the paper."""
-  c.cls_weight = Float(1.0, min=0, sweep=True, zero_is_off=True)  # lambda in L = L_rec + lambda * L_cls.
-  c.rec_weight = Float(1.0, min=0, sweep=True, zero_is_off=True)  # 0 removes the reconstruction term (ablation).
+  # Every sweepable field here is SSMAE's alone (mae_ignores): a sweep over them pre-trains once per seed.
+  # lambda in L = L_rec + lambda * L_cls; rec_weight 0 removes the reconstruction term (ablation).
+  c.cls_weight = Float(1.0, min=0, sweep=True, zero_is_off=True, mae_ignores=True)
+  c.rec_weight = Float(1.0, min=0, sweep=True, zero_is_off=True, mae_ignores=True)
   # Confidence threshold on both views: max p > tau, so 1 lets nothing pass (an ablation, as gate='never').
-  c.tau = Float(0.95, min=0, max=1, sweep=True)
+  c.tau = Float(0.95, min=0, max=1, sweep=True, mae_ignores=True)
   c.require_agreement = Bool(True)  # argmax p_w == argmax p_s.
   c.sticky = Bool(True)  # Once given, a pseudo-label is kept forever.
   # Whether the gate is open for an epoch, from its validation pass (@registry.gate_rule): 'hca' is the paper's (closed
   # for warmup_epochs, then open iff HCA >= gate_threshold); 'always_open' and 'never' are ablations.
-  c.gate_rule = OneOf('hca', registry.gate_rules, sweep=True)
-  c.gate_threshold = Float(0.70, min=0, max=1, sweep=True)  # HCA needed to open the gate.
+  c.gate_rule = OneOf('hca', registry.gate_rules, sweep=True, mae_ignores=True)
+  c.gate_threshold = Float(0.70, min=0, max=1, sweep=True, mae_ignores=True)  # HCA needed to open the gate.
   # Max-probability above which a validation example counts for HCA.
-  c.gate_confidence = Float(0.95, min=0, below=1, sweep=True)
-  c.warmup_epochs = Int(10, min=0, sweep=True)  # Epochs before the gate may open; 0: from the first.
+  c.gate_confidence = Float(0.95, min=0, below=1, sweep=True, mae_ignores=True)
+  c.warmup_epochs = Int(10, min=0, sweep=True, mae_ignores=True)  # Epochs before the gate may open; 0: from the first.
   # Not in the paper (levers for short budgets, README "Results"): confident validation examples the gate also needs
   # (0: none, the paper: one confident, correct example is an HCA of 100%), and label smoothing of every
   # classification target, labeled and pseudo-labeled (0: none).
-  c.gate_min_confident = Int(0, min=0, sweep=True)
-  c.label_smoothing = Float(0.0, min=0, below=1, sweep=True)
-  # Not in the paper (a lever against a memory that fills with a few classes; FlexMatch's idea, bounded): the selection
+  c.gate_min_confident = Int(0, min=0, sweep=True, mae_ignores=True)
+  c.label_smoothing = Float(0.0, min=0, below=1, sweep=True, mae_ignores=True)
+  # Not in the paper (a lever against a memory filled by a few classes; FlexMatch's idea, bounded): the selection
   # threshold of a class drops below tau the fewer pseudo-labels of it the memory holds, tau - class_tau_drop *
-  # (1 - n_c / max n): the most-held class keeps tau, a class with none gets tau - class_tau_drop. 0: one tau, the paper.
-  c.class_tau_drop = Float(0.0, min=0, max=1, sweep=True, zero_is_off=True)
+  # (1 - n_c / max n): the most-held class keeps tau, a class with none gets tau - class_tau_drop. 0: one tau, the
+  # paper.
+  c.class_tau_drop = Float(0.0, min=0, max=1, sweep=True, zero_is_off=True, mae_ignores=True)
   # Not in the paper: the unlabeled view that L_cls trains on. 'weak' (the paper: a confident prediction trains the
   # view it came from), 'strong' (FixMatch-style: the strong view learns the target both views agreed on). The same
   # selection rule and the same FLOPs either way.
@@ -126,7 +129,7 @@ def _ssmae(c: ml_collections.ConfigDict) -> None:
   # this decay per step (Mean Teacher; FixMatch evaluates such an average). The same rule on the teacher's softmax of
   # both views, the targets then train the student; the student is what is evaluated, gated and saved as best.
   # 0: none, the paper (the model picks its own pseudo-labels). E.g. 0.99: an average over about 100 steps.
-  c.teacher_ema = Float(0.0, min=0, below=1, sweep=True, zero_is_off=True)
+  c.teacher_ema = Float(0.0, min=0, below=1, sweep=True, zero_is_off=True, mae_ignores=True)
   # Speed, not the method: in a step that can use unlabeled examples, L_cls's forward and backward pass covers at most
   # this many of them, gathered (the remembered ones and, with the gate open, those confident on the view that gets
   # the forward pass only: no other can be selected); a step with more candidates takes the full pass over all U.
