@@ -189,21 +189,24 @@ def programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   """The programs a run of `config` compiles: each stage's train step, then the eval step. The one place that
   builds them from the library's parts, imported here: the rest of this module also serves main.py's and the tests'
   start-up, before TensorFlow and the library load."""
-  from ssmae_jax import evaluation, experiment, methods, models, sweep
+  from ssmae_jax import evaluation, models, sweep
   if sweep.is_sweep(config):
     return sweep_programs(config, shape, mesh)
   model = models.from_config(config, shape.num_classes, backend='tpu')
-  stages = _stages(config)
-  out = []
-  for name, stage in stages:
-    tx = experiment.make_optimizer(stage, total_steps(stage, shape))
-    state = jax.eval_shape(lambda: experiment.init_state(model, tx, stage, shape.pool_size, mesh))
-    method = methods.get(stage.method)
-    step = method.make_step(model, tx, stage, mesh)
-    out.append(Program(name, stage, step, (state, _batch(stage, shape, method)), 0))
+  out = [_lone_program(name, stage, model, shape, mesh) for name, stage in _stages(config)]
+  state = out[-1].args[0]
   out.append(Program('eval', config, evaluation.make_eval_step(model, config, mesh),
                      (state.params, _eval_batch(config, shape)), _nbytes(state) - _nbytes(state.params)))
   return out
+
+
+def _lone_program(name: str, stage, model, shape: DataShape, mesh: Mesh) -> 'Program':
+  """A stage's train step as one run over all of `mesh`'s devices."""
+  from ssmae_jax import experiment, methods
+  tx = experiment.make_optimizer(stage, total_steps(stage, shape))
+  state = jax.eval_shape(lambda: experiment.init_state(model, tx, stage, shape.pool_size, mesh))
+  method = methods.get(stage.method)
+  return Program(name, stage, method.make_step(model, tx, stage, mesh), (state, _batch(stage, shape, method)), 0)
 
 
 def _stages(config) -> list[tuple[str, object]]:
@@ -218,6 +221,11 @@ def sweep_programs(config, shape: DataShape, mesh: Mesh) -> list[Program]:
   from ssmae_jax import configuration, evaluation, experiment, methods, models, sweep, sweep_train
   out = []
   for name, stage in _stages(config):
+    if name == 'pretrain':  # As sweep_train.pretrain trains it: once per distinct stage.
+      stage = sweep.shared_stages(stage, configuration.declarations())[0]
+    if not sweep.is_sweep(stage):  # Nothing the stage reads is swept: it trains as one run.
+      out.append(_lone_program(name, stage, models.from_config(stage, shape.num_classes, backend='tpu'), shape, mesh))
+      continue
     runs = sweep.runs(stage)
     run, num_runs = runs[0][1], len(runs)  # The template, the first run's config: the others differ in `values`.
     runs_mesh = sweep_train.runs_mesh(num_runs, mesh.devices)

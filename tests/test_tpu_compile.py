@@ -244,6 +244,22 @@ def test_a_sweep_compiles_the_vmapped_step_of_its_runs_and_the_lone_eval_step(li
   assert shapes(out_state) == shapes(state) and metrics['loss'].shape == (2,)
 
 
+def test_a_sweeps_pretraining_stage_compiles_once_per_distinct_stage(libtpu):
+  """Traced, not compiled: the stage's program is what sweep_train.pretrain trains, the runs MAE pre-training can
+  tell apart (2 seeds of 2 x 2 runs), or one lone run where it can tell none apart (tau only)."""
+  mesh = Mesh(np.asarray(tpu_compile.slice_devices('v4-8')[1]), ('data',))
+  config = _tiny(2)
+  config.pretrain_steps = 2
+  config.sweep.tau = (0.9, 0.95)
+  programs = {p.name: p for p in tpu_compile.programs(config, TINY_SHAPE, mesh)}
+  assert list(programs) == ['pretrain', 'train', 'eval']
+  assert programs['pretrain'].args[2] == {'seed': jax.ShapeDtypeStruct((2,), np.uint32)}
+  assert jax.tree.leaves(programs['train'].args[0])[0].shape[0] == 4
+  config.sweep.seed = None
+  pretrain = tpu_compile.programs(config, TINY_SHAPE, mesh)[0]
+  assert pretrain.name == 'pretrain' and len(pretrain.args) == 2  # A lone run's (state, batch): no run axis.
+
+
 @pytest.mark.slow  # Compiles two train steps and two eval steps of a one-block model: ~1-2 min here.
 @needs_cifar10
 def test_a_sweep_of_2_runs_compiles_for_a_v5e_1_with_twice_the_arguments(libtpu):
