@@ -5,6 +5,8 @@ import dataclasses
 
 import numpy as np
 
+from ssmae_jax import runtime
+
 # Per-step metrics whose epoch means every record has, as train_<name> (None in an epoch without a trained step); any
 # other metric a step returns joins them in the epochs it was logged. full_cls_pass: the share of steps whose L_cls
 # pass covered all U unlabeled rows (config.unlabeled_cls_rows).
@@ -37,6 +39,10 @@ class RunLog:
   # Steps taken of each kind of work (methods.Method.kinds), skipped ones included: what the run's FLOPs count. None:
   # unknown, for a run resumed from a checkpoint of a version that did not count them (its FLOPs are then not recorded).
   kind_steps: dict[str, float] | None = dataclasses.field(default_factory=dict)
+  # Each command that trained the run (a resume starts another): its wall seconds from its process's start (imports
+  # and compiling included) to its last save, or to the run's end. A killed command's time after its last save is not
+  # in it, as the steps it took then are not. None: unknown, for a run resumed from a checkpoint of an older version.
+  commands_wall_seconds: list[float] | None = dataclasses.field(default_factory=list)
 
   def to_json(self) -> dict:
     """A deep copy: orbax writes it in the background while the loop goes on changing the log."""
@@ -49,7 +55,20 @@ class RunLog:
     log = cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
     if 'kind_steps' not in saved and log.history:
       log.kind_steps = None
+    if 'commands_wall_seconds' not in saved:
+      log.commands_wall_seconds = None
     return log
+
+  def begin_command(self) -> None:
+    """This command starts training the run (from scratch, or resuming it)."""
+    if self.commands_wall_seconds is not None:
+      self.commands_wall_seconds.append(0.0)
+
+  def set_clock(self, wall_seconds: float) -> None:
+    """Before a save, and at the end: the run's clock, and this command's wall time so far."""
+    self.wall_seconds = wall_seconds
+    if self.commands_wall_seconds:
+      self.commands_wall_seconds[-1] = runtime.command_wall_seconds()
 
   def add_window(self, sums: dict[str, float], trained: int, skipped: int) -> None:
     """Adds the metric sums of a logging window of `trained` steps (skipped steps contribute zeros)."""

@@ -259,6 +259,7 @@ def results(exp, log, test_at_best: float | None) -> dict:
       # This command's whole wall time, from its process's start (imports, compiling and a pre-training stage in
       # the same command included); a resumed run counts only the command that finished it.
       command_wall_seconds=runtime.command_wall_seconds(),
+      commands_wall_seconds=log.commands_wall_seconds,  # Every command that trained it (RunLog), this one last.
       # XLA's count of the compiled steps this run took, each kind of step times the steps of that kind (flops.py).
       flops=exp.step_flops.total(log.kind_steps),
       flops_per_step={kind: exp.step_flops.of(kind) for kind in log.kind_steps or {}},

@@ -231,13 +231,14 @@ def restore(sw: Sweep):
     state, meta = restored
     logs = [RunLog.from_json(meta['runs'][name]) for name in sw.names]
   for exp, log in zip(sw.runs, logs):
+    log.begin_command()
     exp.checkpoints.discard_best_after(log.best_step())
   return state, logs
 
 
 def _save(sw: Sweep, state, logs: list[RunLog], clock: run_output.Clock) -> None:
   for log in logs:
-    log.wall_seconds = clock.seconds()
+    log.set_clock(clock.seconds())
   sw.checkpoints.save(state, dict(runs={name: log.to_json() for name, log in zip(sw.names, logs)}),
                       step=int(state.step[0]))
 
@@ -331,7 +332,7 @@ def finish(sw: Sweep, state, logs: list[RunLog], reports: list, clock: run_outpu
   if logs[0].last_epoch_evaluated < sw.num_epochs:
     state = evaluate_epoch(sw, state, sw.num_epochs, logs, reports, clock, final=True)
   for log in logs:
-    log.wall_seconds = clock.seconds()
+    log.set_clock(clock.seconds())
   if sw.checkpoints.latest.latest_step() != sw.total_steps:
     _save(sw, state, logs, clock)
   sw.checkpoints.wait()

@@ -49,6 +49,7 @@ def restore(exp: experiment_lib.Experiment):
   if restored is not None:
     state, saved_log = restored
     log = RunLog.from_json(saved_log)
+  log.begin_command()
   # A run killed after saving a best checkpoint but before the next latest one redoes that evaluation.
   exp.checkpoints.discard_best_after(log.best_step())
   return state, log
@@ -90,7 +91,7 @@ def train_steps(exp: experiment_lib.Experiment, state, log: RunLog, report: run_
     stop = preemption.reached(done)
     if is_due(done, config.checkpoint_every_steps) or stop:
       log_window(exp, window, done, log, report)
-      log.wall_seconds = clock.seconds()
+      log.set_clock(clock.seconds())
       checkpoints.save(state, log.to_json())
     if stop:
       checkpoints.wait()
@@ -107,7 +108,7 @@ def finish(exp: experiment_lib.Experiment, state, log: RunLog, report: run_outpu
   the results)."""
   if log.last_epoch_evaluated < exp.num_epochs:
     state = evaluate_epoch(exp, state, exp.num_epochs, log, report, clock, final=True)
-  log.wall_seconds = clock.seconds()
+  log.set_clock(clock.seconds())
   if exp.checkpoints.latest.latest_step() != exp.total_steps:
     exp.checkpoints.save(state, log.to_json())
   exp.checkpoints.wait()

@@ -137,6 +137,7 @@ def _outputs_of(results: dict) -> dict:
   results = dict(results, history=[{k: v for k, v in r.items() if k != 'wall_seconds'} for r in results['history']])
   results.pop('wall_seconds')
   results.pop('command_wall_seconds')
+  results.pop('commands_wall_seconds')
   return results
 
 
@@ -254,6 +255,13 @@ def test_kill_9_or_sigterm_then_the_same_command_ends_as_an_uninterrupted_run(re
             f'{sorted(os.listdir(workdir / "best"))}')
   assert len(resumed_from) == 3 and resumed_from[-1] == stopped_at
   _assert_same_run(workdir, reference)
+  with open(workdir / 'results.json') as f:
+    results = json.load(f)
+  # The commands whose checkpoints the finishing run continues: the SIGTERM's and the last at least; each one's wall
+  # time from its process's start, the last the command's own.
+  commands = results['commands_wall_seconds']
+  assert 2 <= len(commands) <= 4 and all(seconds > 0 for seconds in commands)
+  assert commands[-1] <= results['command_wall_seconds']
 
 
 @needs_cifar10

@@ -5,7 +5,7 @@ import json
 from ssmae_jax.run_log import RunLog
 
 KEYS = {'history', 'best_val_accuracy', 'best_epoch', 'gate_opened_at_epoch', 'last_epoch_evaluated', 'wall_seconds',
-        'pseudo_labels_total', 'epoch_sums', 'skipped_steps', 'kind_steps'}
+        'pseudo_labels_total', 'epoch_sums', 'skipped_steps', 'kind_steps', 'commands_wall_seconds'}
 
 
 def _record(epoch, step, val_accuracy, total=0):
@@ -33,6 +33,22 @@ def test_older_checkpoint_without_skipped_steps_restores():
   saved = RunLog().to_json()
   del saved['skipped_steps']
   assert RunLog.from_json(saved).skipped_steps == 0
+
+
+def test_each_command_records_its_wall_time_and_an_older_checkpoint_has_none():
+  log = RunLog()
+  log.begin_command()
+  log.set_clock(1.5)
+  assert log.wall_seconds == 1.5 and len(log.commands_wall_seconds) == 1 and log.commands_wall_seconds[0] > 0
+  resumed = RunLog.from_json(json.loads(json.dumps(log.to_json())))
+  resumed.begin_command()
+  assert resumed.commands_wall_seconds == [log.commands_wall_seconds[0], 0.0]
+  saved = log.to_json()
+  del saved['commands_wall_seconds']
+  older = RunLog.from_json(saved)
+  older.begin_command()
+  older.set_clock(2.0)
+  assert older.commands_wall_seconds is None and older.wall_seconds == 2.0
 
 
 def test_epoch_means_over_trained_steps_then_reset():

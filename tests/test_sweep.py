@@ -47,7 +47,7 @@ def _quiet(fn, *args, **kwargs):
 def _results(run_dir) -> dict:
   with open(os.path.join(run_dir, 'results.json')) as f:
     results = json.load(f)
-  for key in ('wall_seconds', 'command_wall_seconds', 'sweep'):
+  for key in ('wall_seconds', 'command_wall_seconds', 'commands_wall_seconds', 'sweep'):
     results.pop(key, None)
   for record in results['history']:
     record.pop('wall_seconds')

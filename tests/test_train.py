@@ -65,6 +65,7 @@ class TestSmokeRun:
     assert results['test_accuracy'] == saved['test_accuracy']
     # From the process's start: at least the run's own clock.
     assert saved['command_wall_seconds'] >= saved['wall_seconds'] > 0
+    assert saved['wall_seconds'] < saved['commands_wall_seconds'][0] <= saved['command_wall_seconds']
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
     with open(os.path.join(workdir, 'history.json')) as f:
       history = json.load(f)
@@ -137,7 +138,11 @@ def test_resume_matches_uninterrupted(tmp_path, small_cifar10):
   assert int(np.sum(np.asarray(resumed_state.pseudo_labels) >= 0)) > 0
   head = lambda params: np.asarray(params['head']['kernel'])
   assert not np.allclose(head(resumed_state.teacher), head(resumed_state.params))  # It lags the parameters.
-  drop = ('wall_seconds', 'command_wall_seconds', 'config', 'history')
+  # Two commands trained the resumed run (here two calls in one process, whose clock counts from its start).
+  assert len(full_results['commands_wall_seconds']) == 1 and len(resumed_results['commands_wall_seconds']) == 2
+  first, second = resumed_results['commands_wall_seconds']
+  assert 0 < first <= second <= resumed_results['command_wall_seconds']
+  drop = ('wall_seconds', 'command_wall_seconds', 'commands_wall_seconds', 'config', 'history')
   assert {k: v for k, v in full_results.items() if k not in drop} == \
       {k: v for k, v in resumed_results.items() if k not in drop}
   # Train-metric means are sums of per-window float sums whose windows differ after a resume: equal up to rounding.
