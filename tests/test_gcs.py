@@ -255,26 +255,31 @@ def test_a_pretraining_stage_in_a_bucket_workdir(in_process, bucket, capsys):
       bucket, f'{workdir}/results.json')['pretraining']
 
 
-def test_a_sweep_in_a_bucket_workdir(in_process, bucket, capsys):
+def test_a_sweep_in_a_bucket_workdir_shares_its_pre_training_stage(in_process, bucket, capsys):
   workdir = f'gs://{BUCKET}/runs/sweep'
-  in_process.update(num_steps=4)
-  in_process.sweep.seed = (0, 1)
+  in_process.update(num_steps=4, pretrain_steps=2)
+  in_process.sweep.tau = (0.9, 0.95)  # MAE pre-training never reads tau: one stage, copied in the bucket.
   train.train(in_process, workdir)  # main.py's train mode: the runs as one program.
   assert 'Done: 2 runs' in capsys.readouterr().out
   assert {'sweep.json', 'runs', 'checkpoints'} <= set(bucket.ls('runs/sweep'))
-  assert bucket.ls('runs/sweep/runs') == ['seed=0', 'seed=1']
+  names = ['tau=0.9', 'tau=0.95']
+  assert bucket.ls('runs/sweep/runs') == names
   summary = _read_json(bucket, f'{workdir}/sweep.json')
-  for seed in (0, 1):
-    run = f'{workdir}/runs/seed={seed}'
+  stages = [_read_json(bucket, f'{workdir}/runs/{name}/pretrain/results.json') for name in names]
+  assert stages[0]['method'] == 'mae_pretrain' and stages[0]['steps'] == 2 and stages[1] == stages[0]
+  assert bucket.ls(f'runs/sweep/runs/{names[1]}/pretrain/checkpoints') == \
+      bucket.ls(f'runs/sweep/runs/{names[0]}/pretrain/checkpoints')
+  for name, tau in zip(names, (0.9, 0.95)):
+    run = f'{workdir}/runs/{name}'
     assert {'config.json', 'history.json', 'results.json', 'best', 'checkpoints'} <= set(bucket.ls(_key(run)))
-    assert _read_json(bucket, f'{run}/config.json')['seed'] == seed
+    assert _read_json(bucket, f'{run}/config.json')['tau'] == tau
     results = _read_json(bucket, f'{run}/results.json')
-    assert results['steps'] == 4 and results['sweep']['run'] == f'seed={seed}'
-    assert summary['runs'][f'seed={seed}']['test_accuracy'] == results['test_accuracy']
+    assert results['steps'] == 4 and results['sweep']['run'] == name and results['pretraining']['steps'] == 2
+    assert summary['runs'][name]['test_accuracy'] == results['test_accuracy']
   # A run of the sweep is a workdir: --mode=eval reads its best checkpoint from the bucket.
   alone = in_process.copy_and_resolve_references()
-  alone.sweep.seed = None
-  inference.evaluate(alone, f'{workdir}/runs/seed=1', 'best')
+  alone.sweep.tau = None
+  inference.evaluate(alone, f'{workdir}/runs/{names[1]}', 'best')
   assert re.search(r'best checkpoint \(step \d+\): test accuracy [\d.]+%', capsys.readouterr().out)
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))
 
